@@ -1,0 +1,61 @@
+"""ModelConfig validation and exit placement."""
+
+import pytest
+
+from familial_jax.config import ModelConfig, uniform_exits
+
+
+def test_uniform_exits():
+  assert uniform_exits(12, 4) == (3, 6, 9, 12)
+  assert uniform_exits(12, 1) == (12,)
+  assert uniform_exits(5, 2) == (2, 5)
+  assert uniform_exits(8, 8) == tuple(range(1, 9))
+  assert ModelConfig(n_layers=6).with_uniform_exits(3).exit_layers == (2, 4, 6)
+
+
+def test_defaults_and_properties():
+  cfg = ModelConfig(n_layers=6, exit_layers=[2, 6])
+  assert cfg.exit_layers == (2, 6)  # lists are normalised to tuples
+  assert cfg.granularity == 2
+  assert cfg.head_dim == 16
+  assert ModelConfig(n_layers=3).exit_layers == (3,)
+  sub = cfg.submodel(0)
+  assert (sub.n_layers, sub.exit_layers) == (2, (2,))
+  hash(cfg)  # frozen and hashable: usable as a jit static argument
+
+
+@pytest.mark.parametrize("kwargs, field, fix", [
+    (dict(exit_layers=(4, 2)), "exit_layers", "sorted"),
+    (dict(exit_layers=(2, 2, 4)), "exit_layers", "repeats"),
+    (dict(exit_layers=(2, 5)), "exit_layers", "past the last layer"),
+    (dict(exit_layers=(1, 2)), "exit_layers", "last exit must be the final"),
+    (dict(exit_layers=()), "exit_layers", "G must be >= 1"),
+    (dict(exit_layers=(0, 4)), "exit_layers", "1-based"),
+    (dict(exit_layers="4"), "exit_layers", "sequence"),
+    (dict(n_heads=3), "n_heads", "divisors of d_model"),
+    (dict(d_model=24, n_heads=8), "head_dim", "even"),
+    (dict(d_model=0), "d_model", "positive integer"),
+    (dict(vocab_size=-1), "vocab_size", "positive integer"),
+    (dict(d_ff=2.0), "d_ff", "positive integer"),
+    (dict(dtype="fp8"), "dtype", "float32"),
+    (dict(attention="flash"), "attention", "cudnn"),
+])
+def test_invalid_configs_name_field_and_fix(kwargs, field, fix):
+  with pytest.raises(ValueError) as err:
+    ModelConfig(n_layers=4, **kwargs)
+  assert field in str(err.value)
+  assert fix in str(err.value)
+
+
+@pytest.mark.parametrize("n_layers, g, msg", [
+    (4, 0, r"G\) must be an integer >= 1"),
+    (4, 5, "exceeds n_layers"),
+])
+def test_invalid_granularity(n_layers, g, msg):
+  with pytest.raises(ValueError, match=msg):
+    uniform_exits(n_layers, g)
+
+
+def test_submodel_index_out_of_range():
+  with pytest.raises(ValueError, match="exit_index"):
+    ModelConfig(n_layers=4).with_uniform_exits(2).submodel(2)
