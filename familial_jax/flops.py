@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from familial_jax.config import ModelConfig
 
 
@@ -141,3 +143,78 @@ def mfu(tokens_per_second: float, train_flops_per_token: float,
     raise ValueError(
         f"peak_flops_per_second must be > 0, got {peak_flops_per_second}.")
   return tokens_per_second * train_flops_per_token / peak_flops_per_second
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapeLadder:
+  """Model shapes of fixed aspect ratio, for IsoFLOP sweeps and law analysis.
+
+  A rung is set by its depth: d_model = aspect_ratio * n_layers (rounded to a
+  multiple of head_dim), d_ff = ff_ratio * d_model (rounded to a multiple of
+  8), n_heads = d_model / head_dim, exits uniform in depth. The continuous
+  versions (`non_embedding_params`, `train_flops_per_token`) let the analysis
+  move N smoothly along the same ladder, with the exact FLOP accounting above
+  (every exit head and the attention scores counted), not 6ND.
+
+  Attributes:
+    vocab_size: V.
+    seq_len: training sequence length T.
+    aspect_ratio: d_model / n_layers.
+    ff_ratio: d_ff / d_model.
+    head_dim: width of one attention head.
+  """
+
+  vocab_size: int = 256
+  seq_len: int = 256
+  aspect_ratio: float = 32.0
+  ff_ratio: float = 8.0 / 3.0
+  head_dim: int = 32
+
+  def config(self, n_layers: int, granularity: int = 1,
+             **overrides) -> ModelConfig:
+    """The discrete rung with `n_layers` blocks and G uniform exits."""
+    d = max(self.head_dim, int(round(self.aspect_ratio * n_layers /
+                                     self.head_dim)) * self.head_dim)
+    d_ff = max(8, int(round(self.ff_ratio * d / 8)) * 8)
+    cfg = ModelConfig(vocab_size=self.vocab_size, d_model=d, n_layers=n_layers,
+                      n_heads=d // self.head_dim, d_ff=d_ff,
+                      max_seq_len=self.seq_len, **overrides)
+    return cfg.with_uniform_exits(granularity)
+
+  def _block(self, n_layers):
+    d = self.aspect_ratio * n_layers
+    return d, (4 + 3 * self.ff_ratio) * d * d + 2 * d
+
+  def non_embedding_params(self, n_layers, granularity=1):
+    """Continuous N(n_layers) along the ladder."""
+    d, block = self._block(n_layers)
+    return n_layers * block + granularity * d
+
+  def layers_for(self, n_params, granularity=1):
+    """Continuous depth with N(depth) = n_params (inverse of the above)."""
+    n_params = np.asarray(n_params, np.float64)
+    lo, hi = np.full_like(n_params, 1e-3), np.full_like(n_params, 1e6)
+    for _ in range(100):  # bisection in log space; N is increasing in depth
+      mid = np.sqrt(lo * hi)
+      above = self.non_embedding_params(mid, granularity) > n_params
+      hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+    return np.sqrt(lo * hi)
+
+  def train_flops_per_token(self, n_params, granularity=1):
+    """Training FLOPs per token (3 x forward, causal attention, G exits) of
+    the continuous rung with N = n_params."""
+    n_layers = self.layers_for(n_params, granularity)
+    d, _ = self._block(n_layers)
+    matmul = 2 * (4 + 3 * self.ff_ratio) * d * d * n_layers
+    scores = 2 * self.seq_len * d * n_layers
+    exits = 2 * granularity * d * self.vocab_size
+    return 3 * (matmul + scores + exits)
+
+  def exit_params(self, n_params, granularity):
+    """Continuous N_g (g = 1..G) of uniformly placed exits: g/G of the blocks
+    plus one exit norm. Returns [..., G]."""
+    n_layers = self.layers_for(n_params, granularity)
+    d, block = self._block(n_layers)
+    g = np.arange(1, granularity + 1)
+    return (np.asarray(n_layers * block)[..., None] * g / granularity +
+            np.asarray(d)[..., None])

@@ -1,0 +1,144 @@
+r"""Fits L(N, D, G) scaling laws to a loss table and reports them.
+
+Input: a CSV with columns params, tokens, loss and optionally granularity,
+budget, exit, exit_params (see familial_jax/laws/table.py), or a sweep's
+results directory (its aggregate results.csv).
+
+  python experiments/fit_law.py --input=losses.csv --form=all \
+      --bootstrap=200 --output=fit.json
+
+Prints one table per form (parameters with bootstrap confidence intervals,
+objective, leave-one-budget-out error) and writes them to --output as JSON,
+parameters by name (E, A, B, alpha, beta, gamma).
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from familial_jax import laws
+from familial_jax.laws import forms as forms_lib
+from familial_jax.laws.fit import BACKENDS
+from familial_jax.laws import table as table_lib
+
+_INPUT = flags.DEFINE_string(
+    "input", None, "CSV file, or a sweep results directory holding results.csv.")
+_FORM = flags.DEFINE_enum(
+    "form", "all", ["chinchilla", "multiplicative", "reducible", "branch", "all"],
+    "Law to fit; 'all' fits the three unified forms (and the branch law when "
+    "the table has per-exit rows) and selects between them.")
+_DELTA = flags.DEFINE_float("huber_delta", 1e-3, "Huber delta on log residuals.")
+_BOOT = flags.DEFINE_integer("bootstrap", 100,
+                             "Bootstrap replicates for intervals (0: none).")
+_RESAMPLE = flags.DEFINE_enum("resample", "point", ["point", "budget"],
+                              "What the bootstrap resamples.")
+_LEVEL = flags.DEFINE_float("level", 0.95, "Coverage of the intervals.")
+_SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+_BACKEND = flags.DEFINE_enum("backend", "jaxopt", list(BACKENDS),
+                             "L-BFGS backend.")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the fits here as JSON.")
+
+
+def _resolve(path: str) -> str:
+  if os.path.isdir(path):
+    path = os.path.join(path, "results.csv")
+  if not os.path.isfile(path):
+    raise ValueError(f"no such input file: {path}")
+  return path
+
+
+def fit_all(table, forms, huber_delta, n_boot, resample, level, seed,
+            backend) -> dict:
+  """Fits every form, with intervals and held-out selection; JSON-ready."""
+  out = {}
+  unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
+  for name in forms:
+    result = laws.fit(table, name, huber_delta, backend=backend)
+    entry = result.to_json()
+    if n_boot:
+      entry["bootstrap"] = laws.bootstrap(
+          table, result, n_boot, resample=resample, level=level, seed=seed,
+          backend=backend).to_json()
+    out[name] = entry
+  selection = None
+  if len(unified) > 1:
+    selection = laws.leave_one_budget_out(table, unified, huber_delta, backend)
+    for name, v in selection["forms"].items():
+      out[name]["heldout_rmse_log"] = v["rmse_log"]
+  return {"fits": out, "selected_form": selection and selection["best"]}
+
+
+def format_report(report: dict) -> str:
+  lines = []
+  for name, entry in report["fits"].items():
+    lines.append(f"== {name}: objective {entry['objective']:.7g}, "
+                 f"rmse(log L) {entry['rmse_log']:.4g}, "
+                 f"converged {entry['converged']}, "
+                 f"held-out rmse(log L) {entry.get('heldout_rmse_log', float('nan')):.4g}")
+    intervals = entry.get("bootstrap", {}).get("intervals", {})
+    level = entry.get("bootstrap", {}).get("level")
+    header = f"  {'param':<7}{'value':>14}"
+    if intervals:
+      header += f"   {int(round(100 * level))}% interval"
+    lines.append(header)
+    for k, v in entry["params"].items():
+      row = f"  {k:<7}{v:>14.6g}"
+      if k in intervals:
+        lo, hi = intervals[k]
+        row += f"   [{lo:.6g}, {hi:.6g}]"
+      lines.append(row)
+  if report["selected_form"]:
+    lines.append(f"held-out selection (leave one budget out) prefers: "
+                 f"{report['selected_form']}")
+  return "\n".join(lines)
+
+
+def run(argv_input: str, form: str) -> dict:
+  path = _resolve(argv_input)
+  table = table_lib.load_csv(path)
+  if form == "all":
+    forms = list(forms_lib.UNIFIED_FORMS)
+    if len(set(table["granularity"])) < 2:
+      forms = ["chinchilla"]
+      print("single granularity in the table: fitting 'chinchilla' only")
+    if "exit" in table and "exit_params" in table:
+      forms.append("branch")
+  else:
+    forms = [form]
+  start = time.time()
+  report = fit_all(table, forms, _DELTA.value, _BOOT.value, _RESAMPLE.value,
+                   _LEVEL.value, _SEED.value, _BACKEND.value)
+  with open(path, "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  report.update(input=os.path.abspath(path), input_sha256=digest,
+                n_rows=len(table["loss"]), huber_delta=_DELTA.value,
+                seconds=round(time.time() - start, 2))
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _INPUT.value:
+    raise app.UsageError("--input is required (a CSV or a results directory).")
+  try:
+    report = run(_INPUT.value, _FORM.value)
+  except ValueError as e:
+    sys.exit(f"fit_law: error: {e}")
+  print(format_report(report))
+  if _OUTPUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+    tmp = _OUTPUT.value + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=2)
+    os.replace(tmp, _OUTPUT.value)
+    print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

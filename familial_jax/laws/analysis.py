@@ -1,0 +1,271 @@
+"""Uncertainty, model selection and what a fitted law implies.
+
+- `bootstrap`: confidence intervals by refitting on resampled data.
+- `leave_one_budget_out`: held-out error of each form, to choose between them.
+- `compute_optimal`: N*(C, G), D*(C, G) along a shape ladder, with the exact
+  FLOPs per token (every exit head and the attention scores; not 6ND).
+- `efficiency_leverage`: is one familial run better than G dense runs?
+
+Conventions:
+- The unified law predicts the *family loss*, the mean of the G exit losses;
+  at G = 1 it is the loss of a dense model.
+- Efficiency Leverage, loss ratio: a family (N, D, G) trains with C = D *
+  flops_per_token(N, G) FLOPs. The alternative trains G independent dense
+  models of sizes N_1..N_G (the family's sub-model sizes) with the same total
+  C, every model on the same number of tokens D' (as every exit of the family
+  sees the same tokens): D' = C / sum_g flops_per_token(N_g, 1).
+      EL_loss = mean_g L(N_g, D', 1) / L_family,
+  with L_family the law's L(N, D, G) or an observed family loss. EL_loss > 1
+  means the one familial run beats the G separate runs.
+- Efficiency Leverage, compute ratio: the FLOPs C_dense with which a
+  compute-optimal dense model (G = 1, along the same ladder) reaches
+  L_family, over the family's FLOPs C:  EL_compute = C_dense / C.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from familial_jax.laws import fit as fit_lib  # the module (see __init__)
+from familial_jax.laws import forms as forms_lib
+from familial_jax.laws import table as table_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Bootstrap:
+  """Bootstrap distribution of a fit's parameters.
+
+  Attributes:
+    form: the fitted form.
+    samples: parameter name -> [n_boot] values (finite replicates only).
+    intervals: parameter name -> (low, high) percentile interval.
+    level: coverage of the intervals (0.95 by default).
+    resample: "point" or "budget".
+    n_boot: replicates requested; n_ok: replicates with a finite optimum.
+  """
+
+  form: str
+  samples: dict[str, np.ndarray]
+  intervals: dict[str, tuple[float, float]]
+  level: float
+  resample: str
+  n_boot: int
+  n_ok: int
+
+  def to_json(self) -> dict:
+    return {"intervals": {k: list(v) for k, v in self.intervals.items()},
+            "level": self.level, "resample": self.resample,
+            "n_boot": self.n_boot, "n_ok": self.n_ok}
+
+
+def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
+              resample: str = "point", level: float = 0.95, seed: int = 0,
+              backend: str = "jaxopt") -> Bootstrap:
+  """Percentile bootstrap intervals for a fit's parameters.
+
+  Each replicate reweights the points with multinomial counts (resampling
+  points with replacement, or whole IsoFLOP budgets with `resample="budget"`)
+  and reruns L-BFGS from the full-data optimum; all replicates run as one
+  batched solve, so nothing recompiles.
+
+  Args:
+    table: the table that `result` was fitted on.
+    result: the full-data fit.
+    n_boot: number of replicates.
+    resample: "point" or "budget".
+    level: coverage of the intervals.
+    seed: seed of the resampling.
+    backend: L-BFGS backend ("jaxopt" or "optax").
+
+  Returns:
+    A `Bootstrap`.
+  """
+  if resample not in ("point", "budget"):
+    raise ValueError(f"resample must be 'point' or 'budget', got {resample!r}.")
+  if not (isinstance(n_boot, int) and n_boot >= 2):
+    raise ValueError(f"n_boot must be an integer >= 2, got {n_boot!r}.")
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level!r}.")
+  form, x, y = fit_lib.prepare(table, result.form)
+  rng = np.random.default_rng(seed)
+  n = len(y)
+  if resample == "point":
+    weights = rng.multinomial(n, np.full(n, 1 / n), size=n_boot)
+  else:
+    groups = _budgets(table, form)
+    uniq, idx = np.unique(groups, return_inverse=True)
+    counts = rng.multinomial(len(uniq), np.full(len(uniq), 1 / len(uniq)),
+                             size=n_boot)
+    weights = counts[:, idx.reshape(-1)]
+  solve = fit_lib.solver(form.name, result.huber_delta, backend, 1000, 1e-10)
+  batched = jax.vmap(solve, in_axes=(None, None, None, 0))
+  with jax.enable_x64(True):
+    xp, yp, wp = fit_lib.pad_points(x, y, weights.astype(np.float64))
+    thetas, values, _ = batched(np.asarray(result.raw), xp, yp, wp)
+    thetas, values = np.asarray(thetas), np.asarray(values)
+  ok = np.isfinite(values) & np.all(np.isfinite(thetas), 1)
+  natural = [form.to_natural(t) for t in thetas[ok]]
+  samples = {k: np.array([p[k] for p in natural]) for k in form.param_names}
+  tail = 100 * (1 - level) / 2
+  intervals = {k: (float(np.percentile(v, tail)),
+                   float(np.percentile(v, 100 - tail)))
+               for k, v in samples.items()}
+  return Bootstrap(form.name, samples, intervals, level, resample, n_boot,
+                   int(ok.sum()))
+
+
+def _budgets(table, form) -> np.ndarray:
+  table = table_lib.as_table(table)
+  if form.name != "branch":
+    table = table_lib.family_table(table)
+  return table_lib.budgets_of(table)
+
+
+def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
+                         huber_delta: float = 1e-3,
+                         backend: str = "jaxopt") -> dict:
+  """Held-out error of each form, leaving one compute budget out at a time.
+
+  For every budget, each form is fitted (full grid search) on the other
+  budgets and predicts the held-out points. The error is the RMSE of the
+  held-out log-loss residuals, pooled over all budgets.
+
+  Args:
+    table: loss table with a `budget` column (else budgets are 6ND rounded to
+      0.05 decades).
+    forms: form names to compare.
+    huber_delta: Huber delta of the fits.
+    backend: L-BFGS backend.
+
+  Returns:
+    {"forms": {name: {"rmse_log": float, "per_budget": {C: rmse}}},
+     "best": name of the form with the lowest held-out error}.
+  """
+  out = {}
+  for name in forms:
+    form, x, y = fit_lib.prepare(table, name)
+    budgets = _budgets(table, form)
+    uniq = np.unique(budgets)
+    if len(uniq) < 2:
+      raise ValueError(
+          "leave-one-budget-out needs at least 2 budgets; the table has "
+          f"{len(uniq)}.")
+    masks = np.stack([(budgets != b).astype(np.float64) for b in uniq])
+    thetas, values, _ = fit_lib.minimise(
+        form, x, y, masks, fit_lib.besiroglu_grid(form),
+        huber_delta=huber_delta, backend=backend)
+    sq, per_budget = [], {}
+    for b, theta, value in zip(uniq, thetas, values):
+      held = budgets == b
+      if not np.isfinite(value):
+        raise ValueError(f"form {name!r}: no finite fit without budget {b:g}.")
+      r = fit_lib.predict_log(form, theta, x[held]) - y[held]
+      sq.append(r ** 2)
+      per_budget[float(b)] = float(np.sqrt(np.mean(r ** 2)))
+    out[name] = {"rmse_log": float(np.sqrt(np.mean(np.concatenate(sq)))),
+                 "per_budget": per_budget}
+  best = min(out, key=lambda k: out[k]["rmse_log"])
+  return {"forms": out, "best": best}
+
+
+def _law(result):
+  form = forms_lib.get_form(result.form)
+  if form.name == "branch":
+    raise ValueError("use a unified law (not 'branch') for this analysis.")
+  return lambda n, d, g: form.predict(result.params, n, d, g)
+
+
+def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
+                    n_range=(1e3, 1e13), n_grid: int = 4001) -> dict:
+  """Compute-optimal allocation N*(C, G), D*(C, G) along a shape ladder.
+
+  For each budget C, scans N log-uniformly over `n_range` with
+  D = C / ladder.train_flops_per_token(N, G) (exact FLOPs, exits included),
+  then refines the minimum of the predicted loss by a parabola in log N.
+
+  Args:
+    result: a unified-law fit.
+    budgets: training FLOPs C (scalar or array).
+    granularity: G.
+    ladder: a `familial_jax.flops.ShapeLadder` (anything with
+      `train_flops_per_token(n_params, granularity)`).
+    n_range: (min, max) N searched.
+    n_grid: number of grid points.
+
+  Returns:
+    {"budget", "params" (N*), "tokens" (D*), "loss"}: arrays over budgets.
+  """
+  law = _law(result)
+  budgets = np.atleast_1d(np.asarray(budgets, np.float64))
+  log_n = np.linspace(np.log(n_range[0]), np.log(n_range[1]), n_grid)
+  n = np.exp(log_n)
+  fpt = ladder.train_flops_per_token(n, granularity)
+  loss = law(n[None], budgets[:, None] / fpt[None], granularity)  # [C, N]
+  i = np.clip(np.argmin(loss, 1), 1, n_grid - 2)
+  rows = np.arange(len(budgets))
+  l0, l1, l2 = loss[rows, i - 1], loss[rows, i], loss[rows, i + 1]
+  denom = l0 - 2 * l1 + l2
+  step = np.where(denom > 0, 0.5 * (l0 - l2) / np.where(denom > 0, denom, 1),
+                  0.0)
+  best_log_n = log_n[i] + np.clip(step, -1, 1) * (log_n[1] - log_n[0])
+  n_star = np.exp(best_log_n)
+  d_star = budgets / ladder.train_flops_per_token(n_star, granularity)
+  return {"budget": budgets, "params": n_star, "tokens": d_star,
+          "loss": law(n_star, d_star, granularity)}
+
+
+def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
+                        tokens, granularity: int, ladder,
+                        family_loss=None) -> dict:
+  """Efficiency Leverage of a family against G independent dense models.
+
+  See the module docstring for the conventions.
+
+  Args:
+    result: a unified-law fit (its G = 1 prediction is a dense model's loss).
+    n_params: N of the family.
+    exit_params: [G] sub-model sizes N_g.
+    tokens: D, the family's training tokens.
+    granularity: G.
+    ladder: `ShapeLadder` giving the FLOPs per token of any size.
+    family_loss: observed mean exit loss; default: the law's L(N, D, G).
+
+  Returns:
+    {"loss_ratio", "compute_ratio", "family_loss", "dense_losses",
+     "dense_tokens", "family_flops", "dense_flops_to_match"}.
+  """
+  law = _law(result)
+  exit_params = np.asarray(exit_params, np.float64).reshape(-1)
+  if len(exit_params) != granularity:
+    raise ValueError(f"exit_params has {len(exit_params)} entries for "
+                     f"G={granularity}.")
+  c = tokens * float(np.squeeze(ladder.train_flops_per_token(n_params,
+                                                           granularity)))
+  if family_loss is None:
+    family_loss = float(np.squeeze(law(n_params, tokens, granularity)))
+  dense_fpt = ladder.train_flops_per_token(exit_params, 1)
+  d_dense = c / np.sum(dense_fpt)
+  dense = law(exit_params, d_dense, 1)
+  c_match = _compute_to_reach(result, family_loss, ladder, c)
+  return {"loss_ratio": float(np.mean(dense) / family_loss),
+          "compute_ratio": c_match / c, "family_loss": family_loss,
+          "dense_losses": dense.tolist(), "dense_tokens": float(d_dense),
+          "family_flops": c, "dense_flops_to_match": c_match}
+
+
+def _compute_to_reach(result, target, ladder, c_ref) -> float:
+  """Smallest C at which the compute-optimal dense model reaches `target`."""
+  if target <= result.params["E"]:
+    return float("inf")
+  lo, hi = np.log(c_ref) - 30, np.log(c_ref) + 30
+  best = lambda log_c: compute_optimal(result, np.exp(log_c), 1,
+                                       ladder)["loss"].item()
+  if best(hi) > target:
+    return float("inf")
+  for _ in range(60):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if best(mid) > target else (lo, mid)
+  return float(np.exp(hi))

@@ -1,0 +1,139 @@
+"""Scaling-law forms in the log-sum-exp parameterisation (pure functions).
+
+Every form predicts log L from three log inputs x = [log N, log D, log G]
+(for the branch law: [log N_g, log D, log g]) and a raw parameter vector
+theta in which the scale constants live in log space, as in Chinchilla's
+approach 3 and Besiroglu et al. (2024):
+
+    e = log E,  a = log A,  b = log B.
+
+Forms (the names used everywhere, in the fitter, the binaries and the JSON):
+
+- "chinchilla":      L = E + A/N^alpha + B/D^beta
+    log L = LSE(e, a - alpha log N, b - beta log D)
+- "multiplicative":  L = (E + A/N^alpha + B/D^beta) * G^gamma     (default)
+    log L = LSE(e, a - alpha log N, b - beta log D) + gamma log G
+- "reducible":       L = E + (A/N^alpha + B/D^beta) * G^gamma
+    log L = LSE(e, a - alpha log N + gamma log G, b - beta log D + gamma log G)
+- "branch":          L_g = (E + A/N_g^alpha + B/D^beta) * g^gamma
+    the per-exit branch law: the loss of exit g (1-based) from its own
+    sub-model size N_g, the tokens D and the number g of exits up to and
+    including it; gamma > 0 means upstream exits cost the deeper ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Natural-unit names of the raw (log-space) parameters.
+_NATURAL = {"e": "E", "a": "A", "b": "B", "alpha": "alpha", "beta": "beta",
+            "gamma": "gamma"}
+_LOG_SCALED = ("e", "a", "b")
+
+
+def _lse3(u, v, w):
+  m = jnp.maximum(jnp.maximum(u, v), w)
+  return m + jnp.log(jnp.exp(u - m) + jnp.exp(v - m) + jnp.exp(w - m))
+
+
+def chinchilla_log_loss(theta, x):
+  """theta = [e, a, b, alpha, beta]; x = [..., 3] log inputs (G ignored)."""
+  e, a, b, alpha, beta = (theta[..., i, None] for i in range(5))
+  return _lse3(e + 0 * x[..., 0], a - alpha * x[..., 0], b - beta * x[..., 1])
+
+
+def multiplicative_log_loss(theta, x):
+  """theta = [e, a, b, alpha, beta, gamma]."""
+  return chinchilla_log_loss(theta[..., :5], x) + theta[..., 5, None] * x[..., 2]
+
+
+def reducible_log_loss(theta, x):
+  """theta = [e, a, b, alpha, beta, gamma]."""
+  e, a, b, alpha, beta, gamma = (theta[..., i, None] for i in range(6))
+  g = gamma * x[..., 2]
+  return _lse3(e + 0 * x[..., 0], a - alpha * x[..., 0] + g,
+               b - beta * x[..., 1] + g)
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+  """A law: its name, raw parameter names, input columns and log-loss function.
+
+  Attributes:
+    name: the form's name.
+    raw_names: names of the raw (log-space) parameters, in theta's order.
+    columns: table columns giving N, D and G (or N_g, D and g).
+    log_loss: `log_loss(theta, x) -> log L` with x = log of those columns.
+    uses_granularity: whether the third input matters.
+  """
+
+  name: str
+  raw_names: tuple[str, ...]
+  columns: tuple[str, str, str]
+  log_loss: Callable
+  uses_granularity: bool
+
+  @property
+  def param_names(self) -> tuple[str, ...]:
+    """Natural-unit names: E, A, B, alpha, beta[, gamma]."""
+    return tuple(_NATURAL[n] for n in self.raw_names)
+
+  @property
+  def n_params(self) -> int:
+    return len(self.raw_names)
+
+  def to_natural(self, theta) -> dict[str, float]:
+    """Raw log-space vector -> {"E": ..., "A": ..., "alpha": ...}."""
+    theta = np.asarray(theta, np.float64)
+    return {_NATURAL[n]: float(np.exp(v) if n in _LOG_SCALED else v)
+            for n, v in zip(self.raw_names, theta)}
+
+  def from_natural(self, params: dict[str, float]) -> np.ndarray:
+    """{"E": ..., ...} -> raw log-space vector."""
+    missing = [p for p in self.param_names if p not in params]
+    if missing:
+      raise ValueError(f"form {self.name!r} needs parameters {missing}.")
+    return np.array([np.log(params[_NATURAL[n]]) if n in _LOG_SCALED
+                     else params[_NATURAL[n]] for n in self.raw_names],
+                    np.float64)
+
+  def predict(self, params: dict[str, float], n, d, g=1.0) -> np.ndarray:
+    """Loss in natural units from natural parameters (numpy, float64)."""
+    x = np.stack(np.broadcast_arrays(np.log(np.asarray(n, np.float64)),
+                                     np.log(np.asarray(d, np.float64)),
+                                     np.log(np.asarray(g, np.float64))), -1)
+    with jax.enable_x64(True):
+      return np.exp(np.asarray(self.log_loss(
+          jnp.asarray(self.from_natural(params)), jnp.asarray(x))))
+
+
+_BASE = ("e", "a", "b", "alpha", "beta")
+FORMS: dict[str, Form] = {
+    "chinchilla": Form("chinchilla", _BASE, ("params", "tokens", "granularity"),
+                       chinchilla_log_loss, False),
+    "multiplicative": Form("multiplicative", _BASE + ("gamma",),
+                           ("params", "tokens", "granularity"),
+                           multiplicative_log_loss, True),
+    "reducible": Form("reducible", _BASE + ("gamma",),
+                      ("params", "tokens", "granularity"),
+                      reducible_log_loss, True),
+    "branch": Form("branch", _BASE + ("gamma",),
+                   ("exit_params", "tokens", "exit"),
+                   multiplicative_log_loss, True),
+}
+UNIFIED_FORMS = ("chinchilla", "multiplicative", "reducible")
+
+
+def get_form(name: str | Form) -> Form:
+  """Looks a form up by name, with a clear error for unknown names."""
+  if isinstance(name, Form):
+    return name
+  if name not in FORMS:
+    raise ValueError(
+        f"unknown law form {name!r}; choose one of {sorted(FORMS)}.")
+  return FORMS[name]

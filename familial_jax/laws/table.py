@@ -1,0 +1,135 @@
+"""Loss tables: loading, validation and aggregation (numpy only).
+
+A table is a mapping from column name to a 1-D array (a dict, or anything
+indexable by column name such as a pandas DataFrame). Columns:
+
+  params       N, non-embedding parameters of the whole model   (required)
+  tokens       D, training tokens                               (required)
+  loss         validation loss in nats/token                    (required)
+  granularity  G, number of exits (default 1)
+  budget       C, the IsoFLOP budget the point belongs to
+  exit         1-based exit index g of a per-exit row
+  exit_params  N_g, non-embedding parameters of sub-model g
+
+Rows with an `exit` column are per-exit losses; the unified law is fitted to
+the family loss, the mean over a model's exits (`family_table`).
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any, Mapping
+
+import numpy as np
+
+COLUMNS = ("params", "tokens", "loss", "granularity", "budget", "exit",
+           "exit_params")
+REQUIRED = ("params", "tokens", "loss")
+Table = dict[str, np.ndarray]
+
+
+def as_table(data: Any) -> Table:
+  """Converts a mapping of columns into a dict of float64 numpy arrays.
+
+  Unknown columns are kept; `granularity` defaults to 1.
+
+  Raises:
+    ValueError: missing required columns, ragged or non-numeric columns.
+  """
+  try:
+    names = list(data.keys())
+  except AttributeError:
+    raise ValueError(
+        "a loss table must be a mapping from column name to values (a dict "
+        f"or a DataFrame), got {type(data).__name__}.") from None
+  missing = [c for c in REQUIRED if c not in names]
+  if missing:
+    raise ValueError(
+        f"loss table is missing required column(s) {missing}; it has "
+        f"{names}. Required: {list(REQUIRED)}.")
+  table = {}
+  for name in names:
+    try:
+      column = np.asarray(data[name], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+      raise ValueError(
+          f"column {name!r} of the loss table is not numeric.") from None
+    table[name] = column
+  lengths = {k: len(v) for k, v in table.items()}
+  if len(set(lengths.values())) > 1:
+    raise ValueError(f"loss table columns have different lengths: {lengths}.")
+  n = lengths["loss"]
+  table.setdefault("granularity", np.ones(n))
+  return table
+
+
+def check_positive_finite(table: Table, columns) -> None:
+  """Raises ValueError naming the first bad column and row."""
+  for name in columns:
+    if name not in table:
+      raise ValueError(f"loss table is missing column {name!r}.")
+    col = table[name]
+    bad = np.flatnonzero(~np.isfinite(col) | (col <= 0))
+    if bad.size:
+      raise ValueError(
+          f"column {name!r} must be finite and > 0; row {int(bad[0])} holds "
+          f"{col[bad[0]]!r} ({bad.size} bad row(s) in all).")
+
+
+def select(table: Table, mask) -> Table:
+  """Rows where mask is true."""
+  return {k: v[mask] for k, v in table.items()}
+
+
+def family_table(table: Table) -> Table:
+  """Collapses per-exit rows to one row per model with the mean exit loss.
+
+  Rows without an `exit` column are returned unchanged. Models are told apart
+  by (params, tokens, granularity, budget).
+  """
+  if "exit" not in table:
+    return table
+  keys = [k for k in ("params", "tokens", "granularity", "budget") if k in table]
+  stacked = np.stack([table[k] for k in keys], 1)
+  uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+  inverse = inverse.reshape(-1)
+  loss = np.bincount(inverse, table["loss"]) / np.bincount(inverse)
+  out = {k: uniq[:, i] for i, k in enumerate(keys)}
+  out["loss"] = loss
+  return out
+
+
+def budgets_of(table: Table) -> np.ndarray:
+  """The budget of every row: the `budget` column, or 6ND on a 0.05-decade grid."""
+  if "budget" in table:
+    return table["budget"]
+  return 10 ** np.round(np.log10(6 * table["params"] * table["tokens"]) * 20) / 20
+
+
+def load_csv(path: str) -> Table:
+  """Reads a loss table from a CSV file with a header row."""
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    raise ValueError(f"{path}: no data rows (is the header the only line?).")
+  columns: dict[str, list] = {k: [] for k in rows[0] if k is not None}
+  for i, row in enumerate(rows):
+    if None in row or any(row.get(k) is None for k in columns):
+      raise ValueError(f"{path}: row {i + 2} has a different number of fields "
+                       "than the header.")
+    for k in columns:
+      value = row[k].strip()
+      if k in COLUMNS:
+        try:
+          value = float(value)
+        except ValueError:
+          raise ValueError(
+              f"{path}: row {i + 2}, column {k!r}: {row[k]!r} is not a "
+              "number.") from None
+      columns[k].append(value)
+  return as_table({k: v for k, v in columns.items() if k in COLUMNS})
+
+
+def to_mapping(table: Mapping) -> dict[str, list]:
+  """JSON-friendly copy of a table."""
+  return {k: np.asarray(v).tolist() for k, v in table.items()}
