@@ -183,3 +183,150 @@ class ModelConfig:
           f"G={self.granularity} exits (valid: 0..{self.granularity - 1}).")
     depth = self.exit_layers[exit_index]
     return dataclasses.replace(self, n_layers=depth, exit_layers=(depth,))
+
+
+DATA_SOURCES = ("default", "files", "tfds")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the text comes from and how it is split.
+
+  Attributes:
+    source: "default" (the offline corpus), "files" (a glob) or "tfds".
+    path: glob for "files"; Documentation directory override for "default".
+    tfds_name: TFDS dataset name for "tfds".
+    tfds_split: TFDS split.
+    tfds_data_dir: TFDS data_dir (local or gs://).
+    text_key: TFDS feature holding the text.
+    val_fraction: fraction of documents held out for validation.
+  """
+
+  source: str = "default"
+  path: str | None = None
+  tfds_name: str | None = None
+  tfds_split: str = "train"
+  tfds_data_dir: str | None = None
+  text_key: str = "text"
+  val_fraction: float = 0.02
+
+  def __post_init__(self):
+    if self.source not in DATA_SOURCES:
+      raise ValueError(f"DataConfig.source={self.source!r} is not one of "
+                       f"{DATA_SOURCES}.")
+    if self.source == "files" and not self.path:
+      raise ValueError("DataConfig.path (a glob) is required for the 'files' "
+                       "source.")
+    if self.source == "tfds" and not self.tfds_name:
+      raise ValueError("DataConfig.tfds_name is required for the 'tfds' "
+                       "source.")
+    if not 0 < self.val_fraction < 1:
+      raise ValueError(f"DataConfig.val_fraction must be in (0, 1), got "
+                       f"{self.val_fraction}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training run.
+
+  Attributes:
+    model: the familial model.
+    data: the text source.
+    seq_len: training sequence length (<= model.max_seq_len).
+    batch_size: global batch in sequences; divisible by data * fsdp.
+    steps: optimizer steps; D = steps * batch_size * seq_len tokens.
+    learning_rate: peak AdamW learning rate.
+    warmup_steps: linear warmup; then cosine decay to
+      min_lr_ratio * learning_rate at the last step (the run's own length).
+    min_lr_ratio: final learning rate over peak.
+    weight_decay: AdamW decoupled weight decay.
+    b1, b2: AdamW betas.
+    grad_clip: global-norm gradient clipping.
+    exit_weights: weight of each exit in the family loss; default 1/G each.
+    seed: seeds initialisation and data order.
+    mesh_shape: (data, fsdp, tensor); -1 takes the remaining devices.
+    eval_every: steps between validation passes (0: only at the end).
+    eval_windows: validation windows (of seq_len + 1 tokens) evaluated.
+    log_every: steps between progress lines.
+    checkpoint_every: steps between checkpoints (0: only at the end).
+    keep_checkpoints: checkpoints kept on disk.
+  """
+
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  seq_len: int = 128
+  batch_size: int = 16
+  steps: int = 100
+  learning_rate: float = 3e-3
+  warmup_steps: int = 10
+  min_lr_ratio: float = 0.1
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  grad_clip: float = 1.0
+  exit_weights: tuple[float, ...] | None = None
+  seed: int = 0
+  mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+  eval_every: int = 0
+  eval_windows: int = 64
+  log_every: int = 10
+  checkpoint_every: int = 0
+  keep_checkpoints: int = 2
+
+  def __post_init__(self):
+    for name in ("seq_len", "batch_size", "steps", "eval_windows", "log_every",
+                 "keep_checkpoints"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"TrainConfig.{name} must be a positive integer, got {value!r}.")
+    for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(
+            f"TrainConfig.{name} must be an integer >= 0, got {value!r}.")
+    if self.seq_len > self.model.max_seq_len:
+      raise ValueError(
+          f"TrainConfig.seq_len={self.seq_len} is longer than the model's "
+          f"max_seq_len={self.model.max_seq_len}; shorten seq_len or raise "
+          "model.max_seq_len.")
+    if self.warmup_steps >= self.steps:
+      raise ValueError(
+          f"TrainConfig.warmup_steps={self.warmup_steps} must be < steps="
+          f"{self.steps}.")
+    if self.exit_weights is not None:
+      w = tuple(float(x) for x in self.exit_weights)
+      if len(w) != self.model.granularity or any(x < 0 for x in w) or not sum(w):
+        raise ValueError(
+            f"TrainConfig.exit_weights={self.exit_weights} must hold "
+            f"{self.model.granularity} non-negative weights (one per exit), "
+            "not all zero.")
+      object.__setattr__(self, "exit_weights", w)
+    if len(tuple(self.mesh_shape)) != 3:
+      raise ValueError(f"TrainConfig.mesh_shape={self.mesh_shape} must be "
+                       "(data, fsdp, tensor).")
+    object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
+    for name in ("learning_rate", "grad_clip"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"TrainConfig.{name} must be > 0.")
+
+  @property
+  def weights(self) -> tuple[float, ...]:
+    """Exit weights of the family loss (1/G each by default)."""
+    g = self.model.granularity
+    return self.exit_weights or (1.0 / g,) * g
+
+  @property
+  def tokens(self) -> int:
+    """D: training tokens of the run."""
+    return self.steps * self.batch_size * self.seq_len
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "TrainConfig":
+    """Inverse of `to_dict` (lists from JSON become tuples)."""
+    d = dict(d)
+    return cls(model=ModelConfig(**d.pop("model", {})),
+               data=DataConfig(**d.pop("data", {})), **d)

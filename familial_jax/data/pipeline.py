@@ -1,0 +1,129 @@
+"""Tokenising, splitting, packing and batching with grain.
+
+- Tokenizer: bytes (UTF-8), vocabulary 256; documents are joined with the
+  byte 0 as end-of-document marker (text corpora hold no NUL bytes).
+- Split: by document, fixed: a document goes to validation when the first
+  8 bytes of sha256(name) read as an integer fall below val_fraction of the
+  range, so the split depends only on the document's name.
+- Packing: the train documents form one token stream cut into windows of
+  seq_len + 1 tokens with stride seq_len (inputs = w[:-1], targets = w[1:]).
+- Training order: a grain `MapDataset` over windows, shuffled with the seed
+  and reshuffled every epoch, batched; its iterator state is a small dict
+  saved with every checkpoint, so a resumed run sees the same batches.
+- Validation: the first `eval_windows` windows of the validation stream, a
+  fixed held-out token set.
+- Multi-host: process p of P takes the p-th contiguous block of rows of every
+  global batch (the rows its devices hold in the batch sharding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import grain
+import numpy as np
+
+from familial_jax.data.sources import Corpus
+
+EOD = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+  """UTF-8 bytes as tokens; id 0 (NUL) marks the end of a document."""
+
+  vocab_size: int = 256
+
+  def encode(self, data: bytes) -> np.ndarray:
+    return np.frombuffer(data, np.uint8)
+
+  def decode(self, tokens) -> str:
+    return bytes(np.asarray(tokens, np.uint8)).decode("utf-8", "replace")
+
+  def spec(self) -> dict:
+    return {"type": "bytes", "vocab_size": self.vocab_size, "eod": EOD}
+
+
+def is_validation(name: str, val_fraction: float) -> bool:
+  """Whether a document belongs to the validation split (by name only)."""
+  h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+  return h < val_fraction * 2 ** 64
+
+
+def token_streams(corpus: Corpus, val_fraction: float,
+                  tokenizer: ByteTokenizer = ByteTokenizer()
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(train, validation) token streams, documents ending with EOD."""
+  if not 0 < val_fraction < 1:
+    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+  parts = {True: [], False: []}
+  eod = np.array([EOD], np.uint8)
+  for name, doc in zip(corpus.names, corpus.documents):
+    parts[is_validation(name, val_fraction)] += [tokenizer.encode(doc), eod]
+  if not parts[False] or not parts[True]:
+    raise ValueError(
+        f"corpus {corpus.name!r} has {len(corpus.documents)} document(s): too "
+        "few to split by document into train and validation; add documents "
+        "or change val_fraction.")
+  return np.concatenate(parts[False]), np.concatenate(parts[True])
+
+
+class Windows(grain.sources.RandomAccessDataSource):
+  """Fixed windows of seq_len + 1 tokens over a stream, stride seq_len."""
+
+  def __init__(self, stream: np.ndarray, seq_len: int):
+    self._stream, self._seq_len = stream, seq_len
+    self._n = (len(stream) - 1) // seq_len
+
+  def __len__(self):
+    return self._n
+
+  def __getitem__(self, i):
+    start = int(i) * self._seq_len
+    return self._stream[start:start + self._seq_len + 1].astype(np.int32)
+
+
+def num_windows(stream: np.ndarray, seq_len: int) -> int:
+  return (len(stream) - 1) // seq_len
+
+
+def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
+                  seed: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """Infinite, shuffled, batched training windows for this process.
+
+  Yields int32 arrays [global_batch // process_count, seq_len + 1].
+  """
+  windows = Windows(stream, seq_len)
+  if len(windows) < global_batch:
+    raise ValueError(
+        f"the training stream has {len(windows)} windows of {seq_len + 1} "
+        f"tokens, fewer than one batch of {global_batch}; use more text, a "
+        "shorter sequence or a smaller batch.")
+  if global_batch % process_count:
+    raise ValueError(f"global batch {global_batch} is not divisible by the "
+                     f"{process_count} processes.")
+  ds = (grain.MapDataset.source(windows).shuffle(seed=seed).repeat(None)
+        .batch(global_batch, drop_remainder=True))
+  if process_count > 1:
+    rows = global_batch // process_count
+    ds = ds.map(lambda b: b[process_index * rows:(process_index + 1) * rows])
+  return ds.to_iter_dataset()
+
+
+def validation_windows(stream: np.ndarray, seq_len: int,
+                       eval_windows: int) -> np.ndarray:
+  """The fixed held-out set: the first `eval_windows` windows, [n, T + 1]."""
+  windows = Windows(stream, seq_len)
+  if len(windows) < 1:
+    raise ValueError("the validation stream is shorter than one window.")
+  n = min(eval_windows, len(windows))
+  return np.stack([windows[i] for i in range(n)])
+
+
+def unigram_entropy(stream: np.ndarray, vocab_size: int = 256) -> float:
+  """Entropy in nats/token of the stream's unigram distribution."""
+  counts = np.bincount(stream, minlength=vocab_size).astype(np.float64)
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
