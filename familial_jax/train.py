@@ -87,7 +87,7 @@ def train_step(state: TrainState, batch: jax.Array, *, model: FamilialLM,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "exit_losses": losses,
-             "grad_norm": optax.global_norm(grads)}
+             "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), metrics
 

@@ -127,3 +127,15 @@ def unigram_entropy(stream: np.ndarray, vocab_size: int = 256) -> float:
   counts = np.bincount(stream, minlength=vocab_size).astype(np.float64)
   p = counts[counts > 0] / counts.sum()
   return float(-(p * np.log(p)).sum())
+
+
+def bigram_entropy(stream: np.ndarray, vocab_size: int = 256) -> float:
+  """Conditional entropy H(x_t | x_{t-1}) in nats/token of the stream: the
+  loss of the best model that sees only the previous token."""
+  pairs = stream[:-1].astype(np.int64) * vocab_size + stream[1:]
+  joint = np.bincount(pairs, minlength=vocab_size ** 2).astype(np.float64)
+  joint = joint.reshape(vocab_size, vocab_size) / joint.sum()
+  prev = joint.sum(1, keepdims=True)
+  nz = joint > 0
+  return float(-(joint[nz] * np.log((joint / np.where(prev > 0, prev, 1))[nz]
+                                    )).sum())

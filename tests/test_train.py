@@ -1,0 +1,124 @@
+"""Training: sharded == unsharded, exact resume, one compile, learning, errors."""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from familial_jax import data, sharding, train
+from familial_jax.config import DataConfig, ModelConfig, TrainConfig
+
+DOCS = "/usr/share/doc/linux-doc-6.1/Documentation"
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(DOCS),
+    reason="default corpus absent: apt-get install linux-doc-6.1")
+
+SMALL = TrainConfig(
+    model=ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4,
+                      d_ff=128, max_seq_len=32).with_uniform_exits(2),
+    data=DataConfig(path=os.path.join(DOCS, "process"), val_fraction=0.1),
+    seq_len=32, batch_size=16, steps=4, warmup_steps=1, log_every=1,
+    eval_windows=32, mesh_shape=(1, 1, 1))
+
+quiet = dict(log=lambda s: None)
+
+
+def _losses(record):
+  return np.array([h["exit_losses"] for h in record["train_history"]] +
+                  [record["exit_losses"]])
+
+
+def test_sharded_training_equals_one_device(tmp_path):
+  assert len(jax.devices()) == 8
+  base = train.run(SMALL, str(tmp_path / "one"), **quiet)
+  for mesh in [(8, 1, 1), (1, 8, 1), (2, 2, 2)]:
+    cfg = dataclasses.replace(SMALL, mesh_shape=mesh)
+    record = train.run(cfg, str(tmp_path / "x".join(map(str, mesh))), **quiet)
+    diff = np.abs(_losses(record) - _losses(base)).max()
+    print(mesh, "max |loss difference|", diff)
+    np.testing.assert_allclose(_losses(record), _losses(base), rtol=1e-5,
+                               atol=1e-5)
+  # The meshes really shard: fsdp splits the embedding, tensor the MLP.
+  trainer = train.build(SMALL, sharding.make_mesh((1, 4, 2)))
+  spec = trainer.state_sharding.params
+  assert tuple(spec["embed"]["embedding"].spec) == ("tensor", "fsdp")
+  assert tuple(spec["blocks_0"]["mlp"]["wi_gate"]["kernel"].spec) == (
+      "fsdp", "tensor")
+
+
+def test_exact_resume_is_bitwise(tmp_path):
+  cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=0)
+  full = train.run(cfg, str(tmp_path / "full"), **quiet)
+  stopped = train.run(cfg, str(tmp_path / "resumed"), stop_after=3, **quiet)
+  assert stopped == {"stopped_at": 3}
+  logs = []
+  resumed = train.run(cfg, str(tmp_path / "resumed"), log=logs.append)
+  assert "resumed from step 3" in logs
+  np.testing.assert_array_equal(resumed["exit_losses"], full["exit_losses"])
+  np.testing.assert_array_equal(
+      [h["exit_losses"] for h in resumed["train_history"]],
+      [h["exit_losses"] for h in full["train_history"][3:]])
+  # Parameters: restore both final checkpoints and compare bitwise.
+  import orbax.checkpoint as ocp
+  trees = []
+  for name in ("full", "resumed"):
+    with ocp.StandardCheckpointer() as ckpt:
+      trees.append(ckpt.restore(str(tmp_path / name / "checkpoints" / "6" /
+                                    "state")))
+  for a, b in zip(jax.tree.leaves(trees[0]), jax.tree.leaves(trees[1])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_step_compiles_once():
+  mesh = sharding.make_mesh((2, 2, 2))
+  trainer = train.build(SMALL, mesh)
+  state = trainer.init(jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    batch = rng.integers(0, 256, (16, 33), dtype=np.int32)
+    state, _ = trainer.step(state, sharding.global_batch(batch, mesh))
+  assert trainer.step._cache_size() == 1
+  assert int(state.step) == 4
+
+
+def test_learns_below_a_data_derived_threshold(tmp_path):
+  """A few hundred CPU steps beat the best previous-token-only predictor."""
+  cfg = TrainConfig(
+      model=ModelConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4,
+                        d_ff=256, max_seq_len=64).with_uniform_exits(2),
+      seq_len=64, batch_size=16, steps=300, warmup_steps=20, log_every=50,
+      eval_windows=256, mesh_shape=(1, 1, 1))
+  record = train.run(cfg, str(tmp_path), **quiet)
+  train_stream, _ = data.token_streams(data.default_corpus(), 0.02)
+  unigram = data.unigram_entropy(train_stream)
+  bigram = data.bigram_entropy(train_stream)
+  print(f"unigram {unigram:.3f} bigram {bigram:.3f} exits "
+        f"{record['exit_losses']}")
+  assert record["unigram_entropy"] == pytest.approx(unigram)
+  assert max(record["exit_losses"]) < bigram < unigram - 0.5
+  # The result record carries everything a scaling-law fit needs.
+  for key in ("N", "N_g", "D", "C", "G", "seed", "versions", "corpus",
+              "tokenizer", "wall_seconds"):
+    assert key in record
+  assert record["D"] == 300 * 16 * 64
+  assert record["corpus"]["sha256"] == data.default_corpus().sha256
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="longer than the model's max_seq_len"):
+    dataclasses.replace(SMALL, seq_len=64)
+  with pytest.raises(ValueError, match="not divisible by the data-parallel"):
+    train.build(dataclasses.replace(SMALL, batch_size=12),
+                sharding.make_mesh((8, 1, 1)))
+  with pytest.raises(ValueError, match="matches no file"):
+    train.run(dataclasses.replace(SMALL, data=DataConfig(
+        source="files", path=str(tmp_path / "none*.txt"))), str(tmp_path / "a"),
+              **quiet)
+  train.run(SMALL, str(tmp_path / "w"), **quiet)
+  with pytest.raises(ValueError, match="holds a run of another config"):
+    train.run(dataclasses.replace(SMALL, learning_rate=1e-3),
+              str(tmp_path / "w"), **quiet)
+  with pytest.raises(ValueError, match="needs 16 devices"):
+    sharding.make_mesh((4, 4, 1))
