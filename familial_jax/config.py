@@ -326,7 +326,14 @@ class TrainConfig:
 
   @classmethod
   def from_dict(cls, d: dict) -> "TrainConfig":
-    """Inverse of `to_dict` (lists from JSON become tuples)."""
+    """Inverse of `to_dict` (lists from JSON become tuples).
+
+    `model` may give `granularity` instead of `exit_layers` (uniform exits).
+    """
     d = dict(d)
-    return cls(model=ModelConfig(**d.pop("model", {})),
-               data=DataConfig(**d.pop("data", {})), **d)
+    model = dict(d.pop("model", {}))
+    granularity = model.pop("granularity", None)
+    model = ModelConfig(**model)
+    if granularity:
+      model = model.with_uniform_exits(granularity)
+    return cls(model=model, data=DataConfig(**d.pop("data", {})), **d)

@@ -172,13 +172,17 @@ def _versions() -> dict:
           "numpy": np.__version__}
 
 
+# Fields that may change between a run and its resumption.
+_CADENCE = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
 def _check_workdir(workdir: str, cfg: TrainConfig) -> None:
   """Refuses a workdir that holds a run of another config."""
   path = os.path.join(workdir, "config.json")
-  mine = cfg.to_dict()
+  mine = {k: v for k, v in cfg.to_dict().items() if k not in _CADENCE}
   if os.path.exists(path):
     with open(path) as f:
-      theirs = json.load(f)
+      theirs = {k: v for k, v in json.load(f).items() if k not in _CADENCE}
     if theirs != json.loads(json.dumps(mine)):
       diff = sorted(k for k in set(mine) | set(theirs)
                     if json.loads(json.dumps(mine.get(k))) != theirs.get(k))
@@ -305,7 +309,8 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
       return {"stopped_at": step}
   # 5. result
   val_losses = _evaluate(trainer, state.params, val)
-  save(step)
+  if manager.latest_step() != step:
+    save(step)
   record = {
       "config": cfg.to_dict(),
       "exit_losses": val_losses.tolist(),

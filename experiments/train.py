@@ -1,0 +1,57 @@
+r"""Trains one familial model and writes its result record.
+
+  python experiments/train.py --config=experiments/configs/train_tiny.py \
+      --workdir=/tmp/familial_tiny
+
+Prints progress (step, loss per exit, tokens/s, ETA), checkpoints with orbax
+(rerunning the same command resumes), and writes workdir/result.json with
+every exit's validation loss, N, N_g, D, C, G, seed, versions and the corpus
+hash. Multi-host (TPU pods, clusters): add --distributed on every host.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from familial_jax import sharding
+from familial_jax import train
+from familial_jax.config import TrainConfig
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and results.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (off TPU/SLURM).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  kwargs = {k: v for k, v in dict(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value).items() if v is not None}
+  sharding.maybe_initialize_distributed(_DISTRIBUTED.value, **kwargs)
+  try:
+    cfg = TrainConfig.from_dict(_CONFIG.value.to_dict())
+    record = train.run(cfg, _WORKDIR.value,
+                       log=lambda s: print(s, flush=True))
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"train: error: {e}")
+  if "exit_losses" in record:
+    print("validation loss per exit:",
+          json.dumps([round(x, 4) for x in record["exit_losses"]]))
+    print(f"N={record['N']:,} D={record['D']:,} C={record['C']:.3e} "
+          f"G={record['G']}  wrote {os.path.join(_WORKDIR.value, 'result.json')}")
+
+
+if __name__ == "__main__":
+  app.run(main)
