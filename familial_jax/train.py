@@ -49,15 +49,34 @@ class TrainState(struct.PyTreeNode):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """AdamW, warmup + cosine decay over the run's own steps, clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=cfg.learning_rate,
-      warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps,
-      end_value=cfg.learning_rate * cfg.min_lr_ratio)
+  """Gradient clipping, then AdamW whose learning rate `train_step` sets.
+
+  The learning rate is injected as state rather than baked into the program,
+  so runs that differ only in length (the points of one shape across IsoFLOP
+  budgets) share one compiled step (and the persistent compilation cache).
+  """
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip),
-      optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2,
-                  weight_decay=cfg.weight_decay))
+      optax.inject_hyperparams(optax.adamw)(
+          learning_rate=0.0, b1=cfg.b1, b2=cfg.b2,
+          weight_decay=cfg.weight_decay))
+
+
+def schedule_array(cfg: TrainConfig) -> np.ndarray:
+  """[peak, warmup_steps, total_steps, final] of the learning-rate schedule."""
+  return np.array([cfg.learning_rate, cfg.warmup_steps, cfg.steps,
+                   cfg.learning_rate * cfg.min_lr_ratio], np.float32)
+
+
+def learning_rate(step, schedule):
+  """Linear warmup from 0, then cosine decay to `final` at `total_steps`
+  (optax.warmup_cosine_decay_schedule with decay_steps = total_steps)."""
+  peak, warmup, total, final = (schedule[i] for i in range(4))
+  step = jnp.asarray(step, jnp.float32)
+  warm = peak * step / jnp.maximum(warmup, 1.0)
+  progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0, 1)
+  decay = final + (peak - final) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+  return jnp.where(step < warmup, warm, decay)
 
 
 def exit_losses(params, model: FamilialLM, batch: jax.Array) -> jax.Array:
@@ -73,10 +92,16 @@ def exit_losses(params, model: FamilialLM, batch: jax.Array) -> jax.Array:
       for l in logits])
 
 
-def train_step(state: TrainState, batch: jax.Array, *, model: FamilialLM,
-               tx: optax.GradientTransformation, weights: jax.Array
-               ) -> tuple[TrainState, dict]:
-  """One AdamW step on the weighted family loss."""
+def train_step(state: TrainState, batch: jax.Array, schedule: jax.Array, *,
+               model: FamilialLM, tx: optax.GradientTransformation,
+               weights: jax.Array) -> tuple[TrainState, dict]:
+  """One AdamW step on the weighted family loss.
+
+  Args:
+    state: the train state.
+    batch: [B, T + 1] tokens.
+    schedule: `schedule_array(cfg)`.
+  """
 
   def loss_fn(params):
     losses = exit_losses(params, model, batch)
@@ -84,9 +109,16 @@ def train_step(state: TrainState, batch: jax.Array, *, model: FamilialLM,
 
   (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  lr = learning_rate(state.step, schedule)
+  clip_state, adam_state = state.opt_state
+  hyper = dict(adam_state.hyperparams,
+               learning_rate=lr.astype(adam_state.hyperparams[
+                   "learning_rate"].dtype))
+  adam_state = adam_state._replace(hyperparams=hyper)
+  updates, opt_state = tx.update(grads, (clip_state, adam_state),
+                                 state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "exit_losses": losses,
+  metrics = {"loss": loss, "exit_losses": losses, "learning_rate": lr,
              "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), metrics
@@ -136,15 +168,17 @@ def build(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> Trainer:
   weights = jnp.asarray(cfg.weights, jnp.float32)
   batch_sh = sharding.batch_sharding(mesh)
 
-  def step_fn(state, batch):
+  def step_fn(state, batch, schedule):
     with nn.logical_axis_rules(sharding.RULES):
-      return train_step(state, batch, model=model, tx=tx, weights=weights)
+      return train_step(state, batch, schedule, model=model, tx=tx,
+                        weights=weights)
 
   def eval_fn(params, batch):
     with nn.logical_axis_rules(sharding.RULES):
       return eval_step(params, batch, model=model)
 
-  step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sh),
+  step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sh,
+                                        sharding.replicated(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)),
                  donate_argnums=0)
   evaluate = jax.jit(eval_fn, in_shardings=(state_sharding.params, batch_sh),
@@ -282,12 +316,13 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
   # 4. loop
   tokens_per_step = cfg.batch_size * cfg.seq_len
   fpt = flops.flops_per_token(cfg.model, cfg.seq_len)
+  schedule = schedule_array(cfg)
   history, evals = [], []
   step = int(state.step)
   t_loop, first_step = time.time(), step
   while step < cfg.steps:
     batch = sharding.global_batch(next(iterator), mesh)
-    state, metrics = trainer.step(state, batch)
+    state, metrics = trainer.step(state, batch, schedule)
     step += 1
     if step % cfg.log_every == 0 or step == cfg.steps:
       m = jax.device_get(metrics)

@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from familial_jax import data, sharding, train
@@ -76,11 +77,37 @@ def test_train_step_compiles_once():
   trainer = train.build(SMALL, mesh)
   state = trainer.init(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
+  schedule = train.schedule_array(SMALL)
   for _ in range(4):
     batch = rng.integers(0, 256, (16, 33), dtype=np.int32)
-    state, _ = trainer.step(state, sharding.global_batch(batch, mesh))
+    state, _ = trainer.step(state, sharding.global_batch(batch, mesh),
+                            schedule)
   assert trainer.step._cache_size() == 1
   assert int(state.step) == 4
+
+
+def test_runs_of_different_length_share_one_program():
+  """The schedule is an input, so IsoFLOP points of one shape share a compile."""
+  mesh = sharding.make_mesh((1, 1, 1))
+  texts = []
+  for steps in (10, 1000):
+    cfg = dataclasses.replace(SMALL, steps=steps, warmup_steps=steps // 10)
+    trainer = train.build(cfg, mesh)
+    state = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
+    batch = jax.ShapeDtypeStruct((16, 33), np.int32)
+    texts.append(trainer.step.lower(state, batch,
+                                    train.schedule_array(cfg)).as_text())
+  assert texts[0] == texts[1]
+
+
+def test_learning_rate_matches_optax_schedule():
+  cfg = dataclasses.replace(SMALL, steps=100, warmup_steps=10,
+                            learning_rate=2e-3, min_lr_ratio=0.1)
+  ref = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 10, 100, 2e-4)
+  sched = train.schedule_array(cfg)
+  for step in (0, 1, 5, 10, 11, 50, 99, 100, 120):
+    assert float(train.learning_rate(step, sched)) == pytest.approx(
+        float(ref(step)), rel=1e-5, abs=1e-9)
 
 
 def test_learns_below_a_data_derived_threshold(tmp_path):

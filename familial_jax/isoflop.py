@@ -1,0 +1,193 @@
+"""IsoFLOP sweep planning: budgets x granularities x size ladder -> points.
+
+For every (budget C, granularity G, ladder rung of depth L) the planner builds
+the rung's `ModelConfig` with G uniform exits, counts its exact training FLOPs
+per token (attention and every exit head included; `flops.py`) and sets
+
+    steps = round(C / (train_flops_per_token * batch * seq_len)),
+    D = steps * batch * seq_len,   C_point = D * train_flops_per_token,
+
+so every point of one budget costs the budget (up to the rounding of one
+step). Points outside the limits are dropped, each with its reason: G above
+the depth, fewer than `min_steps` steps, tokens per parameter outside
+[min_tokens_per_param, max_tokens_per_param], or more than `max_epochs` passes
+over the training tokens.
+
+Point ids are stable: "C{budget:.0e}-G{G}-L{depth}", e.g. "C1e+12-G2-L3".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from familial_jax import flops
+from familial_jax.config import DataConfig, ModelConfig, TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  """An IsoFLOP sweep.
+
+  Attributes:
+    budgets: training FLOP budgets C.
+    granularities: values of G.
+    depths: ladder rungs (n_layers); width follows the ladder's aspect ratio.
+    ladder: the shape ladder (vocabulary, sequence length, aspect ratio, ...).
+    data: text source.
+    batch_size: global batch (sequences).
+    learning_rate: peak learning rate (or a per-width rule upstream).
+    warmup_fraction: warmup steps as a fraction of each run.
+    seed: seed of every run.
+    mesh_shape: (data, fsdp, tensor) of every run.
+    min_steps: points with fewer steps are dropped.
+    min_tokens_per_param, max_tokens_per_param: D / N limits.
+    max_epochs: D / (training tokens of the corpus) limit.
+    eval_windows: validation windows per run.
+    flops_per_second: assumed sustained FLOP/s, for time estimates.
+  """
+
+  budgets: tuple[float, ...] = (1e11, 3e11, 1e12)
+  granularities: tuple[int, ...] = (1, 2, 4)
+  depths: tuple[int, ...] = (1, 2, 3, 4)
+  ladder: flops.ShapeLadder = flops.ShapeLadder()
+  data: DataConfig = DataConfig()
+  batch_size: int = 16
+  learning_rate: float = 3e-3
+  warmup_fraction: float = 0.05
+  seed: int = 0
+  mesh_shape: tuple[int, int, int] = (-1, 1, 1)
+  min_steps: int = 20
+  min_tokens_per_param: float = 0.0
+  max_tokens_per_param: float = float("inf")
+  max_epochs: float = 4.0
+  eval_windows: int = 64
+  flops_per_second: float = 2e10
+
+  def __post_init__(self):
+    for name in ("budgets", "granularities", "depths"):
+      values = tuple(getattr(self, name))
+      if not values:
+        raise ValueError(f"SweepConfig.{name} is empty; give at least one.")
+      object.__setattr__(self, name, values)
+    if any(not c > 0 for c in self.budgets):
+      raise ValueError(f"SweepConfig.budgets must be > 0: {self.budgets}.")
+    if any(not isinstance(g, int) or g < 1 for g in self.granularities):
+      raise ValueError(f"SweepConfig.granularities must be integers >= 1: "
+                       f"{self.granularities}.")
+    if any(not isinstance(l, int) or l < 1 for l in self.depths):
+      raise ValueError(
+          f"SweepConfig.depths must be integers >= 1: {self.depths}.")
+    if not 0 <= self.warmup_fraction < 1:
+      raise ValueError("SweepConfig.warmup_fraction must be in [0, 1).")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+  """One run of the sweep."""
+
+  id: str
+  budget: float
+  granularity: int
+  depth: int
+  train: TrainConfig
+  flops_per_token: int  # training FLOPs per token (3 x forward)
+
+  @property
+  def model(self) -> ModelConfig:
+    return self.train.model
+
+  @property
+  def params(self) -> int:
+    return flops.non_embedding_params(self.model)
+
+  @property
+  def tokens(self) -> int:
+    return self.train.tokens
+
+  @property
+  def compute(self) -> float:
+    """C of what the point trains: D x training FLOPs per token."""
+    return float(self.tokens) * self.flops_per_token
+
+
+def point_id(budget: float, granularity: int, depth: int) -> str:
+  return f"C{budget:.0e}-G{granularity}-L{depth}"
+
+
+def plan(sweep: SweepConfig, train_tokens: int | None = None
+         ) -> tuple[list[SweepPoint], list[tuple[str, str]]]:
+  """Plans the sweep.
+
+  Args:
+    sweep: the sweep config.
+    train_tokens: tokens in the training split (for the epoch limit); None
+      skips that check.
+
+  Returns:
+    (points sorted by id, dropped [(id, reason)]).
+  """
+  ladder = sweep.ladder
+  tokens_per_step = sweep.batch_size * ladder.seq_len
+  points, dropped = [], []
+  for budget in sweep.budgets:
+    for g in sweep.granularities:
+      for depth in sweep.depths:
+        pid = point_id(budget, g, depth)
+        if g > depth:
+          dropped.append((pid, f"G={g} exits need depth >= {g}"))
+          continue
+        model = ladder.config(depth, g)
+        fpt = flops.flops_per_token(model, ladder.seq_len).train
+        steps = int(round(budget / (fpt * tokens_per_step)))
+        n = flops.non_embedding_params(model)
+        d = steps * tokens_per_step
+        if steps < sweep.min_steps:
+          dropped.append((pid, f"{steps} steps < min_steps={sweep.min_steps}"))
+          continue
+        if not sweep.min_tokens_per_param <= d / n <= sweep.max_tokens_per_param:
+          dropped.append((pid, f"D/N = {d / n:.3g} outside "
+                               f"[{sweep.min_tokens_per_param}, "
+                               f"{sweep.max_tokens_per_param}]"))
+          continue
+        if train_tokens is not None and d > sweep.max_epochs * train_tokens:
+          dropped.append((pid, f"{d / train_tokens:.2f} epochs > max_epochs="
+                               f"{sweep.max_epochs}"))
+          continue
+        train = TrainConfig(
+            model=model, data=sweep.data, seq_len=ladder.seq_len,
+            batch_size=sweep.batch_size, steps=steps,
+            learning_rate=sweep.learning_rate,
+            warmup_steps=int(sweep.warmup_fraction * steps),
+            seed=sweep.seed, mesh_shape=sweep.mesh_shape,
+            eval_windows=sweep.eval_windows,
+            log_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2))
+        points.append(SweepPoint(pid, budget, g, depth, train, fpt))
+  return sorted(points, key=lambda p: p.id), dropped
+
+
+def shard(points: Sequence[SweepPoint], index: int, count: int
+          ) -> list[SweepPoint]:
+  """Points of shard `index` of `count` (round robin over the sorted plan)."""
+  if count < 1 or not 0 <= index < count:
+    raise ValueError(f"shard index {index} is not in [0, {count}).")
+  return list(points[index::count])
+
+
+def format_plan(sweep: SweepConfig, points: Sequence[SweepPoint],
+                dropped: Sequence[tuple[str, str]]) -> str:
+  """The plan as a table, with estimated time at sweep.flops_per_second."""
+  lines = [f"{'id':<18}{'C':>10}{'G':>3}{'d_model':>8}{'layers':>7}"
+           f"{'N':>11}{'D':>12}{'steps':>7}{'est s':>8}"]
+  total = 0.0
+  for p in points:
+    est = p.compute / sweep.flops_per_second
+    total += est
+    lines.append(f"{p.id:<18}{p.budget:>10.1e}{p.granularity:>3}"
+                 f"{p.model.d_model:>8}{p.depth:>7}{p.params:>11,}"
+                 f"{p.tokens:>12,}{p.train.steps:>7}{est:>8.1f}")
+  lines.append(f"{len(points)} points, estimated {total / 60:.1f} min of "
+               f"training at {sweep.flops_per_second:.1e} FLOP/s")
+  for pid, why in dropped:
+    lines.append(f"dropped {pid}: {why}")
+  return "\n".join(lines)
