@@ -21,10 +21,9 @@ import time
 from absl import app
 from absl import flags
 
-from familial_jax import laws
-from familial_jax.laws import forms as forms_lib
-from familial_jax.laws.fit import BACKENDS
+from familial_jax.laws import report as report_lib
 from familial_jax.laws import table as table_lib
+from familial_jax.laws.fitting import BACKENDS
 
 _INPUT = flags.DEFINE_string(
     "input", None, "CSV file, or a sweep results directory holding results.csv.")
@@ -52,67 +51,14 @@ def _resolve(path: str) -> str:
   return path
 
 
-def fit_all(table, forms, huber_delta, n_boot, resample, level, seed,
-            backend) -> dict:
-  """Fits every form, with intervals and held-out selection; JSON-ready."""
-  out = {}
-  unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
-  for name in forms:
-    result = laws.fit(table, name, huber_delta, backend=backend)
-    entry = result.to_json()
-    if n_boot:
-      entry["bootstrap"] = laws.bootstrap(
-          table, result, n_boot, resample=resample, level=level, seed=seed,
-          backend=backend).to_json()
-    out[name] = entry
-  selection = None
-  if len(unified) > 1:
-    selection = laws.leave_one_budget_out(table, unified, huber_delta, backend)
-    for name, v in selection["forms"].items():
-      out[name]["heldout_rmse_log"] = v["rmse_log"]
-  return {"fits": out, "selected_form": selection and selection["best"]}
-
-
-def format_report(report: dict) -> str:
-  lines = []
-  for name, entry in report["fits"].items():
-    lines.append(f"== {name}: objective {entry['objective']:.7g}, "
-                 f"rmse(log L) {entry['rmse_log']:.4g}, "
-                 f"converged {entry['converged']}, "
-                 f"held-out rmse(log L) {entry.get('heldout_rmse_log', float('nan')):.4g}")
-    intervals = entry.get("bootstrap", {}).get("intervals", {})
-    level = entry.get("bootstrap", {}).get("level")
-    header = f"  {'param':<7}{'value':>14}"
-    if intervals:
-      header += f"   {int(round(100 * level))}% interval"
-    lines.append(header)
-    for k, v in entry["params"].items():
-      row = f"  {k:<7}{v:>14.6g}"
-      if k in intervals:
-        lo, hi = intervals[k]
-        row += f"   [{lo:.6g}, {hi:.6g}]"
-      lines.append(row)
-  if report["selected_form"]:
-    lines.append(f"held-out selection (leave one budget out) prefers: "
-                 f"{report['selected_form']}")
-  return "\n".join(lines)
-
-
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
-  if form == "all":
-    forms = list(forms_lib.UNIFIED_FORMS)
-    if len(set(table["granularity"])) < 2:
-      forms = ["chinchilla"]
-      print("single granularity in the table: fitting 'chinchilla' only")
-    if "exit" in table and "exit_params" in table:
-      forms.append("branch")
-  else:
-    forms = [form]
+  forms = report_lib.default_forms(table) if form == "all" else [form]
   start = time.time()
-  report = fit_all(table, forms, _DELTA.value, _BOOT.value, _RESAMPLE.value,
-                   _LEVEL.value, _SEED.value, _BACKEND.value)
+  report = report_lib.fit_all(table, forms, _DELTA.value, _BOOT.value,
+                              _RESAMPLE.value, _LEVEL.value, _SEED.value,
+                              _BACKEND.value)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   report.update(input=os.path.abspath(path), input_sha256=digest,
@@ -130,7 +76,7 @@ def main(argv):
     report = run(_INPUT.value, _FORM.value)
   except ValueError as e:
     sys.exit(f"fit_law: error: {e}")
-  print(format_report(report))
+  print(report_lib.format_report(report))
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     tmp = _OUTPUT.value + ".tmp"

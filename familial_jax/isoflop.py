@@ -13,7 +13,7 @@ the depth, fewer than `min_steps` steps, tokens per parameter outside
 [min_tokens_per_param, max_tokens_per_param], or more than `max_epochs` passes
 over the training tokens.
 
-Point ids are stable: "C{budget:.0e}-G{G}-L{depth}", e.g. "C1e+12-G2-L3".
+Point ids are stable: "C{budget:.3g}-G{G}-L{depth}", e.g. "C1.8e+11-G2-L3".
 """
 
 from __future__ import annotations
@@ -111,8 +111,22 @@ class SweepPoint:
     return float(self.tokens) * self.flops_per_token
 
 
+def sweep_from_dict(d: dict) -> SweepConfig:
+  """SweepConfig from a plain dict (an ml_collections ConfigDict's to_dict)."""
+  d = dict(d)
+  ladder = flops.ShapeLadder(**d.pop("ladder", {}))
+  data = DataConfig(**d.pop("data", {}))
+  known = {f.name for f in dataclasses.fields(SweepConfig)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"unknown sweep config field(s) {unknown}; known: "
+                     f"{sorted(known)}.")
+  return SweepConfig(ladder=ladder, data=data, **{
+      k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 def point_id(budget: float, granularity: int, depth: int) -> str:
-  return f"C{budget:.0e}-G{granularity}-L{depth}"
+  return f"C{budget:.3g}-G{granularity}-L{depth}"
 
 
 def plan(sweep: SweepConfig, train_tokens: int | None = None

@@ -18,6 +18,7 @@ exit g (nats/token) and w_g = 1/G by default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -36,8 +37,9 @@ from flax import struct
 from familial_jax import data as data_lib
 from familial_jax import flops
 from familial_jax import sharding
-from familial_jax.config import TrainConfig
+from familial_jax.config import DataConfig, TrainConfig
 from familial_jax.model import FamilialLM
+from familial_jax.results import atomic_write
 
 
 class TrainState(struct.PyTreeNode):
@@ -186,8 +188,16 @@ def build(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> Trainer:
   return Trainer(cfg, mesh, model, tx, state_sharding, init, step, evaluate)
 
 
-def load_corpus(cfg: TrainConfig) -> data_lib.Corpus:
-  d = cfg.data
+@functools.lru_cache(maxsize=2)
+def load_data(d: DataConfig) -> tuple[data_lib.Corpus, np.ndarray, np.ndarray]:
+  """(corpus, train stream, validation stream), cached per DataConfig so that
+  a sweep reads its corpus once."""
+  corpus = load_corpus(d)
+  return (corpus,) + data_lib.token_streams(corpus, d.val_fraction)
+
+
+def load_corpus(d: DataConfig) -> data_lib.Corpus:
+  """The corpus a DataConfig names."""
   if d.source == "default":
     return data_lib.default_corpus(d.path)
   if d.source == "files":
@@ -225,16 +235,7 @@ def _check_workdir(workdir: str, cfg: TrainConfig) -> None:
           f"{diff}); use a new workdir or the same config.")
     return
   os.makedirs(workdir, exist_ok=True)
-  _atomic_json(path, mine)
-
-
-def _atomic_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  atomic_write(path, json.dumps(mine, indent=2))
 
 
 def _evaluate(trainer: Trainer, params, val: np.ndarray) -> np.ndarray:
@@ -271,14 +272,12 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
   """
   start = time.time()
   # 1. data
-  corpus = load_corpus(cfg)
   tokenizer = data_lib.ByteTokenizer()
   if cfg.model.vocab_size < tokenizer.vocab_size:
     raise ValueError(
         f"ModelConfig.vocab_size={cfg.model.vocab_size} is smaller than the "
         f"byte tokenizer's {tokenizer.vocab_size}.")
-  train_stream, val_stream = data_lib.token_streams(corpus,
-                                                    cfg.data.val_fraction)
+  corpus, train_stream, val_stream = load_data(cfg.data)
   val = data_lib.validation_windows(val_stream, cfg.seq_len, cfg.eval_windows)
   dataset = data_lib.train_dataset(train_stream, cfg.seq_len, cfg.batch_size,
                                    cfg.seed, jax.process_index(),
@@ -374,5 +373,6 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
       "wall_seconds": time.time() - start,
   }
   if jax.process_index() == 0:
-    _atomic_json(os.path.join(workdir, "result.json"), record)
+    atomic_write(os.path.join(workdir, "result.json"),
+                 json.dumps(record, indent=2))
   return record

@@ -13,7 +13,7 @@ from scipy import optimize
 
 from familial_jax import laws
 from familial_jax.flops import ShapeLadder
-from familial_jax.laws.fit import predict_log, prepare, solver
+from familial_jax.laws.fitting import predict_log, prepare, solver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(REPO, "..", "shared", "reference_data",

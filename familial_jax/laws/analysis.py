@@ -29,7 +29,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from familial_jax.laws import fit as fit_lib  # the module (see __init__)
+from familial_jax.laws import fitting as fit_lib
 from familial_jax.laws import forms as forms_lib
 from familial_jax.laws import table as table_lib
 
@@ -63,13 +63,17 @@ class Bootstrap:
 
 def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
               resample: str = "point", level: float = 0.95, seed: int = 0,
-              backend: str = "jaxopt") -> Bootstrap:
+              backend: str = "optax", maxiter: int = 200,
+              tol: float = 1e-8) -> Bootstrap:
   """Percentile bootstrap intervals for a fit's parameters.
 
   Each replicate reweights the points with multinomial counts (resampling
   points with replacement, or whole IsoFLOP budgets with `resample="budget"`)
   and reruns L-BFGS from the full-data optimum; all replicates run as one
-  batched solve, so nothing recompiles.
+  batched (vmapped) solve, so nothing recompiles. The default backend here is
+  optax: a vmapped jaxopt while-loop pays its large per-iteration overhead
+  for the slowest replicate (measured on a 36-point sweep table, 100
+  replicates, 2-core CPU: jaxopt 54 s, optax 4.0 s, identical intervals).
 
   Args:
     table: the table that `result` was fitted on.
@@ -78,7 +82,9 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
     resample: "point" or "budget".
     level: coverage of the intervals.
     seed: seed of the resampling.
-    backend: L-BFGS backend ("jaxopt" or "optax").
+    backend: L-BFGS backend ("optax" or "jaxopt").
+    maxiter: iteration cap per replicate.
+    tol: gradient-norm tolerance per replicate.
 
   Returns:
     A `Bootstrap`.
@@ -100,7 +106,10 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
     counts = rng.multinomial(len(uniq), np.full(len(uniq), 1 / len(uniq)),
                              size=n_boot)
     weights = counts[:, idx.reshape(-1)]
-  solve = fit_lib.solver(form.name, result.huber_delta, backend, 1000, 1e-10)
+  # Replicates start at the optimum; a looser cap than the main fit keeps one
+  # ill-conditioned replicate from holding the whole batch (intervals need no
+  # 1e-10 gradients).
+  solve = fit_lib.solver(form.name, result.huber_delta, backend, maxiter, tol)
   batched = jax.vmap(solve, in_axes=(None, None, None, 0))
   with jax.enable_x64(True):
     xp, yp, wp = fit_lib.pad_points(x, y, weights.astype(np.float64))
@@ -261,11 +270,11 @@ def _compute_to_reach(result, target, ladder, c_ref) -> float:
   if target <= result.params["E"]:
     return float("inf")
   lo, hi = np.log(c_ref) - 30, np.log(c_ref) + 30
-  best = lambda log_c: compute_optimal(result, np.exp(log_c), 1,
-                                       ladder)["loss"].item()
+  best = lambda log_c: compute_optimal(result, np.exp(log_c), 1, ladder,
+                                       n_grid=1001)["loss"].item()
   if best(hi) > target:
     return float("inf")
-  for _ in range(60):
+  for _ in range(40):  # brackets C within a factor exp(60 / 2^40)
     mid = 0.5 * (lo + hi)
     lo, hi = (mid, hi) if best(mid) > target else (lo, mid)
   return float(np.exp(hi))

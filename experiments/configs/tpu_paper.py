@@ -1,0 +1,36 @@
+r"""The paper's budgets, 1e18 to 1e21 FLOPs, for TPU pods (FSDP over the pod).
+
+  python experiments/sweep.py --config=experiments/configs/tpu_paper.py \
+      --workdir=gs://bucket/tpu_paper --dry_run        # prints the plan anywhere
+
+On a pod run the same command on every host with --distributed; hosts split
+the points with --shard_index/--num_shards or share each point's mesh.
+Data: a prepared TFDS text dataset (ArrayRecord) via --config.data.*.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.budgets = (1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21)
+  c.granularities = (1, 2, 4, 8)
+  c.depths = (12, 16, 20, 24, 28, 32, 40, 48)
+  c.ladder = ml_collections.ConfigDict(dict(
+      vocab_size=256, seq_len=2048, aspect_ratio=64.0, ff_ratio=8 / 3,
+      head_dim=128))
+  c.data = ml_collections.ConfigDict(dict(
+      source="tfds", tfds_name="c4/en:3.1.0", tfds_split="train",
+      tfds_data_dir="gs://your-bucket/tensorflow_datasets", text_key="text",
+      val_fraction=0.001))
+  c.batch_size = 512
+  c.learning_rate = 1e-3
+  c.warmup_fraction = 0.02
+  c.seed = 0
+  c.mesh_shape = (1, -1, 1)
+  c.min_steps = 100
+  c.max_epochs = 1.0
+  c.eval_windows = 1024
+  c.flops_per_second = 4e16
+  c.n_boot = 200
+  return c

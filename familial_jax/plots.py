@@ -1,0 +1,196 @@
+"""The paper-style figures, from a sweep's loss table and its fitted laws.
+
+Every function takes the per-exit loss table (`ResultsStore.table()`), the
+report of `laws.report.fit_all` (+ `analyse`) and writes one PNG.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from familial_jax.laws import forms as forms_lib  # noqa: E402
+from familial_jax.laws import table as table_lib  # noqa: E402
+
+
+def _family(table):
+  return table_lib.family_table(table)
+
+
+def _predict(report, form, n, d, g):
+  return forms_lib.get_form(form).predict(report["fits"][form]["params"], n, d,
+                                          g)
+
+
+def _colors(n):
+  return plt.cm.viridis(np.linspace(0, 0.9, max(n, 1)))
+
+
+def _save(fig, path):
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def isoflop_curves(table, report, form, path):
+  """Family loss against N, one line per budget, one panel per G; the
+  fitted law dashed."""
+  fam = _family(table)
+  gs = np.unique(fam["granularity"])
+  budgets = np.unique(fam["budget"])
+  fig, axes = plt.subplots(1, len(gs), figsize=(4 * len(gs), 3.4),
+                           sharey=True, squeeze=False)
+  for ax, g in zip(axes[0], gs):
+    for color, c in zip(_colors(len(budgets)), budgets):
+      m = (fam["granularity"] == g) & (fam["budget"] == c)
+      order = np.argsort(fam["params"][m])
+      n, d, l = (fam[k][m][order] for k in ("params", "tokens", "loss"))
+      ax.plot(n, l, "o", color=color, label=f"C={c:.0e}")
+      if form and len(n) > 1:
+        ns = np.geomspace(n.min(), n.max(), 50)
+        ds = np.exp(np.interp(np.log(ns), np.log(n), np.log(d)))
+        ax.plot(ns, _predict(report, form, ns, ds, g), "--", color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("N (non-embedding parameters)")
+    ax.set_title(f"G = {int(g)}")
+  axes[0][0].set_ylabel("family loss (nats/token)")
+  axes[0][-1].legend(fontsize=7)
+  return _save(fig, path)
+
+
+def law_fit(table, report, form, path):
+  """Observed against predicted family loss for every unified form."""
+  fam = _family(table)
+  fig, ax = plt.subplots(figsize=(4.2, 4))
+  for name in ("chinchilla", "multiplicative", "reducible"):
+    if name in report["fits"]:
+      pred = _predict(report, name, fam["params"], fam["tokens"],
+                      fam["granularity"])
+      ax.plot(pred, fam["loss"], "o", ms=4, alpha=0.7, label=name)
+  lo, hi = fam["loss"].min(), fam["loss"].max()
+  ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+  ax.set_xlabel("predicted loss")
+  ax.set_ylabel("observed loss")
+  ax.set_title(f"fitted laws (selected: {report.get('selected_form')})")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def granularity_penalty(table, report, path):
+  """Family loss at G over that at G = 1 for the same budget and shape
+  (d_model), with the fitted G^gamma and its interval."""
+  keys = np.stack([table["budget"], table["d_model"], table["granularity"]], 1)
+  uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+  loss = np.bincount(inv.reshape(-1), table["loss"]) / np.bincount(
+      inv.reshape(-1))
+  dense = {(c, d): l for (c, d, g), l in zip(uniq, loss) if g == 1}
+  xs, ys = zip(*[(g, l / dense[(c, d)]) for (c, d, g), l in zip(uniq, loss)
+                 if g > 1 and (c, d) in dense]) or ((), ())
+  fig, ax = plt.subplots(figsize=(4.6, 3.6))
+  ax.plot(xs, ys, "o", alpha=0.6, label="observed (same C and shape)")
+  gs = np.linspace(1, uniq[:, 2].max(), 50)
+  if "multiplicative" in report["fits"]:
+    fit = report["fits"]["multiplicative"]
+    gamma = fit["params"]["gamma"]
+    ax.plot(gs, gs ** gamma, "-", label=f"G^gamma, gamma = {gamma:.4f}")
+    iv = fit.get("bootstrap", {}).get("intervals", {})
+    if "gamma" in iv:
+      ax.fill_between(gs, gs ** iv["gamma"][0], gs ** iv["gamma"][1],
+                      alpha=0.2, label="95% interval")
+  ax.axhline(1, color="k", lw=0.6)
+  ax.set_xlabel("G (exits)")
+  ax.set_ylabel("loss(G) / loss(G = 1)")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def compute_optimal(table, report, path):
+  """N* and D* against C for every G, with the observed IsoFLOP minima."""
+  an = report.get("analysis") or {}
+  if not an:
+    return None
+  fam = _family(table)
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
+  gs = sorted(an["compute_optimal"], key=int)
+  for color, g in zip(_colors(len(gs)), gs):
+    opt = an["compute_optimal"][g]
+    a1.plot(opt["budget"], opt["params"], "-", color=color, label=f"G={g}")
+    a2.plot(opt["budget"], opt["tokens"], "-", color=color, label=f"G={g}")
+    for c in np.unique(fam["budget"]):
+      m = (fam["budget"] == c) & (fam["granularity"] == int(g))
+      if m.any():
+        i = np.argmin(np.where(m, fam["loss"], np.inf))
+        a1.plot(c, fam["params"][i], "o", color=color)
+        a2.plot(c, fam["tokens"][i], "o", color=color)
+  for ax, name in ((a1, "N*"), (a2, "D*")):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("C (training FLOPs)")
+    ax.set_ylabel(name)
+  a1.legend(fontsize=7)
+  a1.set_title(f"compute-optimal allocation ({an['form']})")
+  return _save(fig, path)
+
+
+def branch_law(table, report, path):
+  """Per-exit loss against the exit's sub-model size, by exit index."""
+  if "branch" not in report["fits"] or "exit" not in table:
+    return None
+  fig, ax = plt.subplots(figsize=(4.6, 3.6))
+  exits = np.unique(table["exit"])
+  for color, g in zip(_colors(len(exits)), exits):
+    m = table["exit"] == g
+    ax.plot(table["exit_params"][m], table["loss"][m], "o", ms=4, color=color,
+            alpha=0.7, label=f"exit {int(g)}")
+  gamma = report["fits"]["branch"]["params"]["gamma"]
+  ax.set_xscale("log")
+  ax.set_xlabel("N_g (sub-model parameters)")
+  ax.set_ylabel("exit loss (nats/token)")
+  ax.set_title(f"branch law: gamma_branch = {gamma:.4f}")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def efficiency_leverage(report, path):
+  """EL (loss ratio) against compute for every G > 1."""
+  an = report.get("analysis") or {}
+  if not an.get("efficiency_leverage"):
+    return None
+  fig, ax = plt.subplots(figsize=(4.6, 3.6))
+  gs = sorted(an["efficiency_leverage"], key=int)
+  for color, g in zip(_colors(len(gs)), gs):
+    rows = an["efficiency_leverage"][g]
+    ax.plot([r["budget"] for r in rows], [r["loss_ratio"] for r in rows],
+            "o-", color=color, label=f"G={g}")
+  ax.axhline(1, color="k", lw=0.6)
+  ax.set_xscale("log")
+  ax.set_xlabel("C (training FLOPs)")
+  ax.set_ylabel("EL = mean dense loss / family loss")
+  ax.set_title("Efficiency Leverage")
+  ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def draw_all(table, report, sweep, directory) -> dict[str, str]:
+  """Every figure into `directory`; returns {title: path}."""
+  del sweep
+  os.makedirs(directory, exist_ok=True)
+  form = report.get("selected_form") or next(iter(report["fits"]))
+  p = lambda name: os.path.join(directory, name)
+  figures = {
+      "IsoFLOP curves": isoflop_curves(table, report, form, p("isoflop.png")),
+      "Fitted laws": law_fit(table, report, form, p("law_fit.png")),
+      "Granularity penalty": granularity_penalty(table, report,
+                                                 p("granularity.png")),
+      "Compute-optimal allocation": compute_optimal(table, report,
+                                                    p("compute_optimal.png")),
+      "Branch law": branch_law(table, report, p("branch_law.png")),
+      "Efficiency Leverage": efficiency_leverage(report, p("leverage.png")),
+  }
+  return {k: v for k, v in figures.items() if v}

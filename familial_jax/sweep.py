@@ -1,0 +1,142 @@
+"""Running an IsoFLOP sweep end to end: plan -> train -> store -> fit -> figures.
+
+`run(sweep, workdir)` is resumable and shardable:
+- a point with a valid record in workdir/results/ is skipped;
+- an interrupted point resumes from its orbax checkpoint in workdir/runs/<id>;
+- shard i of n runs points i, i + n, ... of the sorted plan, so the hosts of
+  a pod or a cluster's job array can split the work over one workdir;
+- every record is written atomically; whichever shard finds the plan complete
+  writes the aggregate CSV, the fits, the figures and report.md.
+Compiled programs go to a persistent cache in workdir/jax_cache, so points of
+one shape (across budgets) and reruns compile once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from familial_jax import isoflop
+from familial_jax import laws
+from familial_jax import plots
+from familial_jax import train
+from familial_jax.laws import report as report_lib
+from familial_jax.results import ResultsStore, atomic_write
+
+
+def enable_compilation_cache(directory: str) -> None:
+  """Persistent XLA compilation cache for every program of this process."""
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def plan(sweep: isoflop.SweepConfig):
+  """Plans against the corpus' real training-token count."""
+  _, train_stream, _ = train.load_data(sweep.data)
+  return isoflop.plan(sweep, train_tokens=len(train_stream))
+
+
+def dry_run(sweep: isoflop.SweepConfig) -> str:
+  """The plan as a table. Works without the corpus (the epoch limit is then
+  not checked, and the table says so)."""
+  try:
+    points, dropped = plan(sweep)
+    note = ""
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    points, dropped = isoflop.plan(sweep)
+    note = f"\n(corpus not readable here, epoch limit not checked: {e})"
+  return isoflop.format_plan(sweep, points, dropped) + note
+
+
+def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
+        num_shards: int = 1, only: str | None = None, fit: bool = True,
+        n_boot: int = 100, log: Callable[[str], None] = print) -> dict:
+  """Runs (this shard of) a sweep, then fits and draws when it is complete.
+
+  Args:
+    sweep: the sweep.
+    workdir: results, runs, figures and report live here.
+    shard_index, num_shards: which round-robin share of the points to run.
+    only: run just this point id.
+    fit: fit the laws and draw the figures once every point is done.
+    n_boot: bootstrap replicates of the fits.
+    log: progress sink.
+
+  Returns:
+    {"planned", "ran", "skipped", "complete", and "report" when fitted}.
+  """
+  points, dropped = plan(sweep)
+  if not points:
+    raise ValueError(
+        "the sweep plans no point: " + "; ".join(f"{i}: {w}" for i, w in
+                                                 dropped))
+  for pid, why in dropped:
+    log(f"dropped {pid}: {why}")
+  mine = isoflop.shard(points, shard_index, num_shards)
+  if only is not None:
+    mine = [p for p in points if p.id == only]
+    if not mine:
+      raise ValueError(f"no planned point has id {only!r}; ids: "
+                       f"{[p.id for p in points]}")
+  os.makedirs(workdir, exist_ok=True)
+  atomic_write(os.path.join(workdir, "plan.json"), json.dumps({
+      "points": [p.id for p in points], "dropped": dropped}, indent=1))
+  enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+  store = ResultsStore(workdir)
+  todo = [p for p in mine if store.read(p.id) is None]
+  log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
+      f"{len(mine) - len(todo)} already done, {len(todo)} to run")
+  start, ran = time.time(), 0
+  for p in todo:
+    log(f"[{ran + 1}/{len(todo)}] {p.id}: N={p.params:,} D={p.tokens:,} "
+        f"steps={p.train.steps}")
+    record = train.run(p.train, os.path.join(workdir, "runs", p.id),
+                       log=lambda s, pid=p.id: log(f"  {pid} {s}"))
+    record.update(point_id=p.id, budget=p.budget, depth=p.depth,
+                  planned_compute=p.compute)
+    store.write(record)
+    ran += 1
+    eta = (time.time() - start) / ran * (len(todo) - ran)
+    log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)}; "
+        f"{ran}/{len(todo)} of this shard, ETA {eta:.0f}s")
+  done = [p.id for p in points if store.read(p.id) is not None]
+  out = {"planned": len(points), "ran": ran,
+         "skipped": len(mine) - len(todo), "complete": len(done) == len(points)}
+  store.write_csv(point_ids=done)
+  if not out["complete"]:
+    log(f"{len(done)}/{len(points)} points done; fit and figures wait for "
+        "the rest")
+    return out
+  if fit:
+    out["report"] = fit_and_draw(sweep, workdir, n_boot=n_boot, log=log)
+  return out
+
+
+def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
+                 n_boot: int = 100, log: Callable[[str], None] = print
+                 ) -> dict:
+  """Fits every form to the sweep's results; writes fits.json, the figures
+  and report.md."""
+  store = ResultsStore(workdir)
+  table = store.table()
+  log("fitting the laws ...")
+  report = report_lib.fit_all(table, n_boot=n_boot,
+                              resample="budget" if len(
+                                  sweep.budgets) > 2 else "point")
+  report["analysis"] = report_lib.analyse(report, table, sweep.ladder,
+                                          sweep.budgets, sweep.granularities)
+  atomic_write(os.path.join(workdir, "fits.json"),
+               json.dumps(report, indent=1, default=float))
+  log(report_lib.format_report(report))
+  figures = plots.draw_all(table, report, sweep, os.path.join(workdir,
+                                                              "figures"))
+  atomic_write(os.path.join(workdir, "report.md"),
+               report_lib.markdown(report, figures, workdir))
+  log(f"wrote {len(figures)} figures and report.md under {workdir}")
+  return report

@@ -1,0 +1,109 @@
+"""IsoFLOP planning and the results store."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from familial_jax import flops, isoflop
+from familial_jax.results import ResultsStore
+
+SWEEP = isoflop.SweepConfig(
+    budgets=(2e10, 6e10), granularities=(1, 2, 4), depths=(2, 4, 5),
+    ladder=flops.ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
+                             head_dim=8), batch_size=8, min_steps=15)
+
+
+def test_every_point_spends_its_budget():
+  points, dropped = isoflop.plan(SWEEP)
+  assert {p.id for p in points} | {i for i, _ in dropped} == {
+      isoflop.point_id(c, g, l) for c in SWEEP.budgets
+      for g in SWEEP.granularities for l in SWEEP.depths}
+  for p in points:
+    fpt = flops.flops_per_token(p.model, 64).train
+    assert p.flops_per_token == fpt
+    assert p.compute == p.tokens * fpt
+    # Rounding to whole steps moves C by at most half a step's FLOPs.
+    assert abs(p.compute - p.budget) <= 0.5 * fpt * 8 * 64
+    assert p.model.exit_layers == flops.ShapeLadder().config(
+        p.depth, p.granularity).exit_layers
+  assert len({p.id for p in points}) == len(points)
+
+
+def test_drops_say_why():
+  points, dropped = isoflop.plan(SWEEP)
+  reasons = dict(dropped)
+  assert "need depth >= 4" in reasons["C2e+10-G4-L2"]
+  tiny = dataclasses.replace(SWEEP, budgets=(1e6,))
+  points, dropped = isoflop.plan(tiny)
+  assert not points and all("min_steps" in w or "depth" in w
+                            for _, w in dropped)
+  _, dropped = isoflop.plan(SWEEP, train_tokens=20_000)
+  assert any("epochs > max_epochs" in w for _, w in dropped)
+  _, dropped = isoflop.plan(dataclasses.replace(SWEEP,
+                                                max_tokens_per_param=0.5))
+  assert any("D/N" in w for _, w in dropped)
+
+
+def test_bad_sweep_configs():
+  with pytest.raises(ValueError, match="depths is empty"):
+    dataclasses.replace(SWEEP, depths=())
+  with pytest.raises(ValueError, match="budgets must be > 0"):
+    dataclasses.replace(SWEEP, budgets=(1e10, -1.0))
+  with pytest.raises(ValueError, match="unknown sweep config field"):
+    isoflop.sweep_from_dict({"budgets": [1e10], "widths": [3]})
+  with pytest.raises(ValueError, match="shard index"):
+    isoflop.shard([], 2, 2)
+
+
+def test_shards_partition_the_plan():
+  points, _ = isoflop.plan(SWEEP)
+  shards = [isoflop.shard(points, i, 3) for i in range(3)]
+  ids = [p.id for s in shards for p in s]
+  assert sorted(ids) == sorted(p.id for p in points)
+  assert len(ids) == len(set(ids))
+
+
+def test_plan_table_lists_points_and_drops():
+  points, dropped = isoflop.plan(SWEEP)
+  text = isoflop.format_plan(SWEEP, points, dropped)
+  assert f"{len(points)} points" in text and "dropped C2e+10-G4-L2" in text
+
+
+def _record(pid, losses=(3.0, 2.5)):
+  return {"point_id": pid, "exit_losses": list(losses), "N": 1000,
+          "N_g": [500, 1000], "D": 10_000, "C": 1e10, "G": 2, "budget": 1e10,
+          "seed": 0, "versions": {}, "corpus": {}, "depth": 2,
+          "config": {"model": {"d_model": 8}}}
+
+
+def test_results_store_ignores_partial_or_foreign_records(tmp_path):
+  store = ResultsStore(str(tmp_path))
+  store.write(_record("a"))
+  assert store.read("a")["complete"]
+  with open(store.path("b"), "w") as f:
+    f.write('{"point_id": "b", "exit_losses": [3.0')  # truncated write
+  with open(store.path("c"), "w") as f:
+    json.dump(dict(_record("c")), f)  # no "complete" marker
+  with pytest.warns(UserWarning):
+    assert store.read("b") is None
+  with pytest.warns(UserWarning):
+    assert [r["point_id"] for r in store.records()] == ["a"]
+  with pytest.raises(ValueError, match="lacks"):
+    store.write({"point_id": "d"})
+  assert not any(f.startswith("a.json.tmp") for f in os.listdir(store.dir))
+
+
+def test_results_csv_is_the_fit_schema(tmp_path):
+  from familial_jax.laws import table as table_lib
+  store = ResultsStore(str(tmp_path))
+  store.write(_record("a", (3.0, 2.5)))
+  store.write(_record("b", (2.9, 2.4)))
+  table = table_lib.load_csv(store.write_csv())
+  np.testing.assert_allclose(table["loss"], [3.0, 2.5, 2.9, 2.4])
+  np.testing.assert_allclose(table["exit"], [1, 2, 1, 2])
+  np.testing.assert_allclose(table["exit_params"], [500, 1000, 500, 1000])
+  fam = table_lib.family_table(table)
+  assert len(fam["loss"]) == 1  # same N, D, G, budget: one model's exits

@@ -1,0 +1,115 @@
+"""End-to-end sweeps in subprocesses: resume after SIGKILL, shards, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from familial_jax.results import ResultsStore
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = os.path.join(REPO, "experiments", "sweep.py")
+DOCS = "/usr/share/doc/linux-doc-6.1/Documentation"
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(DOCS),
+    reason="default corpus absent: apt-get install linux-doc-6.1")
+
+MICRO = textwrap.dedent(f"""
+    import ml_collections
+
+    def get_config():
+      c = ml_collections.ConfigDict()
+      c.budgets = (4e8, 1.2e9)
+      c.granularities = (1, 2)
+      c.depths = (2, 3)
+      c.ladder = ml_collections.ConfigDict(dict(
+          vocab_size=256, seq_len=32, aspect_ratio=8.0, head_dim=8))
+      c.data = ml_collections.ConfigDict(dict(
+          source="default", path="{DOCS}/process", val_fraction=0.1))
+      c.batch_size = 4
+      c.min_steps = 10
+      c.mesh_shape = (1, 1, 1)
+      c.eval_windows = 16
+      c.n_boot = 0
+      return c
+    """)
+
+
+def _config(tmp_path):
+  path = tmp_path / "micro.py"
+  path.write_text(MICRO)
+  return str(path)
+
+
+def _sweep(config, workdir, *extra, **kw):
+  env = dict(os.environ, XLA_FLAGS="")
+  return subprocess.Popen(
+      [sys.executable, SWEEP, f"--config={config}", f"--workdir={workdir}",
+       "--skip_fit", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True, env=env, **kw)
+
+
+def _losses(workdir):
+  return {r["point_id"]: r["exit_losses"]
+          for r in ResultsStore(str(workdir)).records()}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("baseline")
+  proc = _sweep(_config(tmp), tmp / "run")
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-3000:]
+  losses = _losses(tmp / "run")
+  assert len(losses) == 8
+  return losses
+
+
+def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path, baseline):
+  config, workdir = _config(tmp_path), tmp_path / "run"
+  proc = _sweep(config, workdir)
+  done = 0
+  for line in proc.stdout:
+    done += line.startswith("done ")
+    if done == 3:
+      os.kill(proc.pid, signal.SIGKILL)
+      break
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert len(_losses(workdir)) == 3
+  rerun = _sweep(config, workdir)
+  out = rerun.communicate(timeout=600)[0]
+  assert rerun.returncode == 0, out[-3000:]
+  assert "3 already done, 5 to run" in out
+  assert _losses(workdir) == baseline  # bitwise equal losses
+
+
+def test_two_shards_equal_one_run(tmp_path, baseline):
+  config, workdir = _config(tmp_path), tmp_path / "run"
+  procs = [_sweep(config, workdir, f"--shard_index={i}", "--num_shards=2")
+           for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+    assert "4 points, 0 already done, 4 to run" in out
+  assert _losses(workdir) == baseline
+
+
+def test_bad_input_fails_before_training(tmp_path):
+  config = tmp_path / "small.py"
+  config.write_text(MICRO.replace("c.budgets = (4e8, 1.2e9)",
+                                  "c.budgets = (1e3,)"))
+  proc = _sweep(str(config), tmp_path / "a")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode != 0 and "plans no point" in out
+  assert "Traceback" not in out and not (tmp_path / "a" / "runs").exists()
+  config.write_text(MICRO.replace("c.depths = (2, 3)", "c.depths = ()"))
+  proc = _sweep(str(config), tmp_path / "b")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode != 0 and "depths is empty" in out
+  proc = _sweep(str(tmp_path / "no_such_preset.py"), tmp_path / "c")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode != 0 and "no_such_preset" in out
