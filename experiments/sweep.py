@@ -12,6 +12,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from familial_jax import isoflop
@@ -34,6 +35,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # progress is printed; quiet orbax
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
   log = lambda s: print(s, flush=True)
   try:

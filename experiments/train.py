@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from familial_jax import sharding
@@ -35,6 +36,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # progress is printed; quiet orbax
   kwargs = {k: v for k, v in dict(
       coordinator_address=_COORDINATOR.value,
       num_processes=_NUM_PROCESSES.value,

@@ -126,9 +126,10 @@ def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
   store = ResultsStore(workdir)
   table = store.table()
   log("fitting the laws ...")
-  report = report_lib.fit_all(table, n_boot=n_boot,
-                              resample="budget" if len(
-                                  sweep.budgets) > 2 else "point")
+  # Resampling whole IsoFLOP curves needs enough of them: with few budgets
+  # most replicates would lose a budget and leave the law unidentified.
+  report = report_lib.fit_all(table, n_boot=n_boot, resample="budget" if len(
+      sweep.budgets) >= 5 else "point")
   report["analysis"] = report_lib.analyse(report, table, sweep.ladder,
                                           sweep.budgets, sweep.granularities)
   atomic_write(os.path.join(workdir, "fits.json"),

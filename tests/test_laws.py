@@ -243,3 +243,14 @@ def test_fit_law_binary_bad_input_is_clean(tmp_path):
   assert proc.returncode != 0
   assert "fit_law: error:" in proc.stderr and "not a number" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_fit_law_binary_unknown_form(tmp_path):
+  path = tmp_path / "losses.csv"
+  _write_csv(path, synthetic_table())
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={path}", "--form=quadratic"], capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode != 0 and "quadratic" in proc.stderr
+  assert "Traceback" not in proc.stderr

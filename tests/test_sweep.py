@@ -65,6 +65,10 @@ def baseline(tmp_path_factory):
   assert proc.returncode == 0, out[-3000:]
   losses = _losses(tmp / "run")
   assert len(losses) == 8
+  # The plan's compute per point is what the trainer counted for its run.
+  for r in ResultsStore(str(tmp / "run")).records():
+    assert r["C"] == r["planned_compute"] == r["D"] * r["train_flops_per_token"]
+    assert abs(r["C"] - r["budget"]) <= 0.5 * r["train_flops_per_token"] * 128
   return losses
 
 
