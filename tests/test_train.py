@@ -176,3 +176,47 @@ def test_two_process_run_matches_one_device(tmp_path):
   for r in results:
     np.testing.assert_allclose(np.array(r), _losses(base), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_sigkill_after_a_checkpoint_resumes_bitwise(tmp_path):
+  """The train binary killed with SIGKILL once checkpoint 3 is on disk."""
+  import json
+  import signal
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = os.path.join(repo, "experiments", "configs", "train_tiny.py")
+  flags = ["--config.model.d_model=64", "--config.model.d_ff=128",
+           "--config.seq_len=32", "--config.batch_size=8", "--config.steps=8",
+           "--config.warmup_steps=1", "--config.checkpoint_every=3",
+           "--config.eval_every=0", "--config.eval_windows=16",
+           "--config.log_every=1", "--config.mesh_shape=(1,1,1)",
+           f"--config.data.path={DOCS}/process", "--config.data.val_fraction=0.1"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+  def train_cmd(workdir):
+    return [sys.executable, os.path.join(repo, "experiments", "train.py"),
+            f"--config={config}", f"--workdir={workdir}", *flags]
+
+  full = subprocess.run(train_cmd(tmp_path / "full"), capture_output=True,
+                        text=True, env=env, timeout=300)
+  assert full.returncode == 0, full.stderr[-2000:]
+  killed = subprocess.Popen(train_cmd(tmp_path / "killed"),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+  ckpt = tmp_path / "killed" / "checkpoints" / "3"
+  deadline = time.time() + 300
+  while not ckpt.exists() and killed.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert ckpt.exists()
+  resumed = subprocess.run(train_cmd(tmp_path / "killed"), capture_output=True,
+                           text=True, env=env, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "resumed from step" in resumed.stdout
+  a, b = (json.loads((tmp_path / n / "result.json").read_text())
+          for n in ("full", "killed"))
+  assert a["exit_losses"] == b["exit_losses"]
+  assert a["train_history"][-1] == b["train_history"][-1]
