@@ -1,7 +1,7 @@
 r"""The paper's budgets, 1e18 to 1e21 FLOPs, for TPU pods (FSDP over the pod).
 
   python experiments/sweep.py --config=experiments/configs/tpu_paper.py \
-      --workdir=gs://bucket/tpu_paper --dry_run        # prints the plan anywhere
+      --workdir=/mnt/shared/tpu_paper --dry_run   # prints the plan anywhere
 
 On a pod run the same command on every host with --distributed; hosts split
 the points with --shard_index/--num_shards or share each point's mesh.
