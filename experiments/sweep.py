@@ -47,11 +47,13 @@ def main(argv):
       return
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required (except with --dry_run).")
-    sweep_lib.run(sweep, _WORKDIR.value, shard_index=_SHARD.value,
-                  num_shards=_NUM_SHARDS.value, only=_POINT.value,
-                  fit=not _NO_FIT.value, n_boot=n_boot, log=log)
+    out = sweep_lib.run(sweep, _WORKDIR.value, shard_index=_SHARD.value,
+                        num_shards=_NUM_SHARDS.value, only=_POINT.value,
+                        fit=not _NO_FIT.value, n_boot=n_boot, log=log)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"sweep: error: {e}")
+  if out.get("preempted"):
+    sys.exit(143)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def main(argv):
                        log=lambda s: print(s, flush=True))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"train: error: {e}")
+  if record.get("preempted"):
+    sys.exit(143)  # SIGTERM: checkpoint saved; rerun to resume
   if "exit_losses" in record:
     print("validation loss per exit:",
           json.dumps([round(x, 4) for x in record["exit_losses"]]))

@@ -98,6 +98,10 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
         f"steps={p.train.steps}")
     record = train.run(p.train, os.path.join(workdir, "runs", p.id),
                        log=lambda s, pid=p.id: log(f"  {pid} {s}"))
+    if "stopped_at" in record:  # preempted (SIGTERM): checkpointed, stop here
+      log(f"preempted during {p.id}; rerun the same command to resume")
+      return {"planned": len(points), "ran": ran, "preempted": True,
+              "complete": False}
     record.update(point_id=p.id, budget=p.budget, depth=p.depth,
                   planned_compute=p.compute)
     store.write(record)

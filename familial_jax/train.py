@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 import json
 import os
 import platform
+import signal
+import threading
 import time
+import warnings
 from typing import Any, Callable
 
 import flax
@@ -209,8 +213,8 @@ def load_corpus(d: DataConfig) -> data_lib.Corpus:
 def _versions() -> dict:
   import grain
   return {"python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
-          else jax.__version__, "flax": flax.__version__,
+          "jaxlib": importlib.metadata.version("jaxlib"),
+          "flax": flax.__version__,
           "optax": optax.__version__, "orbax": ocp.__version__,
           "grain": getattr(grain, "__version__", "?"),
           "numpy": np.__version__}
@@ -256,6 +260,56 @@ def _evaluate(trainer: Trainer, params, val: np.ndarray) -> np.ndarray:
   return total / (n // b)
 
 
+class _PreemptionFlag:
+  """Sets `.set` on SIGTERM (main thread only) until `restore()`."""
+
+  def __init__(self):
+    self.set = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.set = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def _restore_latest_good(manager, trainer: Trainer, iterator, log):
+  """Restores the newest readable checkpoint, or returns None if there is none.
+
+  A checkpoint that fails to restore (a truncated file, missing metadata) is
+  reported, moved aside to `<step>.corrupt` and the previous one is tried.
+  """
+  abstract = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      jax.eval_shape(trainer.init, jax.random.PRNGKey(0)),
+      trainer.state_sharding)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract),
+          data=ocp.args.JsonRestore()))
+      iterator.set_state(restored["data"])
+    except Exception as e:  # pylint: disable=broad-except
+      path = os.path.join(str(manager.directory), str(step))
+      warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                    f"{str(e)[:200]}); falling back to the previous one")
+      log(f"WARNING: checkpoint at step {step} is unreadable; trying the "
+          "previous one")
+      if jax.process_index() == 0 and os.path.isdir(path):
+        os.replace(path, f"{path}.corrupt")
+      manager.reload()
+      continue
+    log(f"resumed from step {step}")
+    return restored["state"]
+  return None
+
+
 def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
         stop_after: int | None = None) -> dict:
   """Trains (or resumes) one familial model and returns its result record.
@@ -291,20 +345,9 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints))
   iterator = iter(dataset)
-  latest = manager.latest_step()
-  if latest is None:
+  state = _restore_latest_good(manager, trainer, iterator, log)
+  if state is None:
     state = trainer.init(jax.random.PRNGKey(cfg.seed))
-  else:
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        jax.eval_shape(trainer.init, jax.random.PRNGKey(0)),
-        trainer.state_sharding)
-    restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=ocp.args.JsonRestore()))
-    state = restored["state"]
-    iterator.set_state(restored["data"])
-    log(f"resumed from step {latest}")
 
   def save(step):
     manager.save(step, args=ocp.args.Composite(
@@ -312,7 +355,8 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
         data=ocp.args.JsonSave(iterator.get_state())), force=True)
     manager.wait_until_finished()
 
-  # 4. loop
+  # 4. loop (SIGTERM, the usual preemption notice, checkpoints and stops)
+  preempted = _PreemptionFlag()
   tokens_per_step = cfg.batch_size * cfg.seq_len
   fpt = flops.flops_per_token(cfg.model, cfg.seq_len)
   schedule = schedule_array(cfg)
@@ -335,12 +379,16 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
       evals.append({"step": step, "exit_losses": _evaluate(
           trainer, state.params, val).tolist()})
-    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
-        stop_after is not None and step >= stop_after):
+    stop = step < cfg.steps and (preempted.set or (
+        stop_after is not None and step >= stop_after))
+    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop:
       save(step)
-    if stop_after is not None and step >= stop_after and step < cfg.steps:
-      log(f"stopping after step {step} (stop_after)")
-      return {"stopped_at": step}
+    if stop:
+      preempted.restore()
+      log(f"stopping after step {step} "
+          f"({'SIGTERM' if preempted.set else 'stop_after'}); checkpoint saved")
+      return {"stopped_at": step, "preempted": preempted.set}
+  preempted.restore()
   # 5. result
   val_losses = _evaluate(trainer, state.params, val)
   if manager.latest_step() != step:

@@ -53,7 +53,7 @@ def test_exact_resume_is_bitwise(tmp_path):
   cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=0)
   full = train.run(cfg, str(tmp_path / "full"), **quiet)
   stopped = train.run(cfg, str(tmp_path / "resumed"), stop_after=3, **quiet)
-  assert stopped == {"stopped_at": 3}
+  assert stopped == {"stopped_at": 3, "preempted": False}
   logs = []
   resumed = train.run(cfg, str(tmp_path / "resumed"), log=logs.append)
   assert "resumed from step 3" in logs
@@ -220,3 +220,54 @@ def test_sigkill_after_a_checkpoint_resumes_bitwise(tmp_path):
           for n in ("full", "killed"))
   assert a["exit_losses"] == b["exit_losses"]
   assert a["train_history"][-1] == b["train_history"][-1]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove_metadata"])
+def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, damage):
+  cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=2,
+                            keep_checkpoints=3)
+  full = train.run(cfg, str(tmp_path / "full"), **quiet)
+  train.run(cfg, str(tmp_path / "hurt"), stop_after=4, **quiet)
+  step4 = tmp_path / "hurt" / "checkpoints" / "4"
+  if damage == "truncate":
+    files = [p for p in step4.rglob("*") if p.is_file() and "state" in str(p)]
+    victim = max(files, key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 2])
+  else:
+    for p in step4.rglob("*"):
+      if p.is_file() and "METADATA" in p.name.upper():
+        p.unlink()
+  logs = []
+  with pytest.warns(UserWarning, match="unreadable"):
+    resumed = train.run(cfg, str(tmp_path / "hurt"), log=logs.append)
+  assert "resumed from step 2" in logs
+  np.testing.assert_array_equal(resumed["exit_losses"], full["exit_losses"])
+
+
+def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
+  import signal
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, os.path.join(repo, "experiments", "train.py"),
+         f"--config={os.path.join(repo, 'experiments', 'configs', 'train_tiny.py')}",
+         f"--workdir={tmp_path / 'run'}", "--config.model.d_model=64",
+         "--config.model.d_ff=128", "--config.seq_len=32",
+         "--config.batch_size=8", "--config.steps=400",
+         "--config.warmup_steps=1", "--config.checkpoint_every=0",
+         "--config.eval_every=0", "--config.eval_windows=16",
+         "--config.log_every=1", "--config.mesh_shape=(1,1,1)",
+         f"--config.data.path={DOCS}/process", "--config.data.val_fraction=0.1"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env)
+  for line in proc.stdout:
+    if line.startswith("step 5/"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 143, out[-2000:]
+  assert "(SIGTERM); checkpoint saved" in out
+  steps = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
+           if p.name.isdigit()]
+  assert steps and 5 <= max(steps) < 400
