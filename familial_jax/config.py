@@ -19,6 +19,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 
 
+def _require_ints(config, names, minimum: int) -> None:
+  """Raises ValueError naming the first field that is not an int >= minimum."""
+  for name in names:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+      raise ValueError(f"{type(config).__name__}.{name} must be {what}, got "
+                       f"{value!r}.")
+
+
 def uniform_exits(n_layers: int, granularity: int) -> tuple[int, ...]:
   """Places `granularity` exits uniformly in depth.
 
@@ -84,12 +94,8 @@ class ModelConfig:
   norm_eps: float = 1e-6
 
   def __post_init__(self):
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff",
-                 "max_seq_len"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"ModelConfig.{name} must be a positive integer, got {value!r}.")
+    _require_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads",
+                         "d_ff", "max_seq_len"), minimum=1)
     if self.d_model % self.n_heads:
       raise ValueError(
           f"ModelConfig.n_heads={self.n_heads} does not divide "
@@ -274,17 +280,10 @@ class TrainConfig:
   keep_checkpoints: int = 2
 
   def __post_init__(self):
-    for name in ("seq_len", "batch_size", "steps", "eval_windows", "log_every",
-                 "keep_checkpoints"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"TrainConfig.{name} must be a positive integer, got {value!r}.")
-    for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(
-            f"TrainConfig.{name} must be an integer >= 0, got {value!r}.")
+    _require_ints(self, ("seq_len", "batch_size", "steps", "eval_windows",
+                         "log_every", "keep_checkpoints"), minimum=1)
+    _require_ints(self, ("warmup_steps", "eval_every", "checkpoint_every",
+                         "seed"), minimum=0)
     if self.seq_len > self.model.max_seq_len:
       raise ValueError(
           f"TrainConfig.seq_len={self.seq_len} is longer than the model's "
