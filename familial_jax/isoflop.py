@@ -36,7 +36,7 @@ class SweepConfig:
     ladder: the shape ladder (vocabulary, sequence length, aspect ratio, ...).
     data: text source.
     batch_size: global batch (sequences).
-    learning_rate: peak learning rate (or a per-width rule upstream).
+    learning_rate: peak learning rate of every run.
     warmup_fraction: warmup steps as a fraction of each run.
     seed: seed of every run.
     mesh_shape: (data, fsdp, tensor) of every run.

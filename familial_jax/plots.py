@@ -18,10 +18,6 @@ from familial_jax.laws import forms as forms_lib  # noqa: E402
 from familial_jax.laws import table as table_lib  # noqa: E402
 
 
-def _family(table):
-  return table_lib.family_table(table)
-
-
 def _predict(report, form, n, d, g):
   return forms_lib.get_form(form).predict(report["fits"][form]["params"], n, d,
                                           g)
@@ -41,7 +37,7 @@ def _save(fig, path):
 def isoflop_curves(table, report, form, path):
   """Family loss against N, one line per budget, one panel per G; the
   fitted law dashed."""
-  fam = _family(table)
+  fam = table_lib.family_table(table)
   gs = np.unique(fam["granularity"])
   budgets = np.unique(fam["budget"])
   fig, axes = plt.subplots(1, len(gs), figsize=(4 * len(gs), 3.4),
@@ -66,7 +62,7 @@ def isoflop_curves(table, report, form, path):
 
 def law_fit(table, report, form, path):
   """Observed against predicted family loss for every unified form."""
-  fam = _family(table)
+  fam = table_lib.family_table(table)
   fig, ax = plt.subplots(figsize=(4.2, 4))
   for name in ("chinchilla", "multiplicative", "reducible"):
     if name in report["fits"]:
@@ -115,7 +111,7 @@ def compute_optimal(table, report, path):
   an = report.get("analysis") or {}
   if not an:
     return None
-  fam = _family(table)
+  fam = table_lib.family_table(table)
   fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
   gs = sorted(an["compute_optimal"], key=int)
   for color, g in zip(_colors(len(gs)), gs):
@@ -177,9 +173,8 @@ def efficiency_leverage(report, path):
   return _save(fig, path)
 
 
-def draw_all(table, report, sweep, directory) -> dict[str, str]:
+def draw_all(table, report, directory) -> dict[str, str]:
   """Every figure into `directory`; returns {title: path}."""
-  del sweep
   os.makedirs(directory, exist_ok=True)
   form = report.get("selected_form") or next(iter(report["fits"]))
   p = lambda name: os.path.join(directory, name)

@@ -13,6 +13,7 @@ missing, so the point is rerun rather than fitted.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import warnings
@@ -101,7 +102,6 @@ class ResultsStore:
   def write_csv(self, path: str | None = None, point_ids=None) -> str:
     """Writes the aggregate CSV atomically; returns its path."""
     path = path or os.path.join(self.workdir, "results.csv")
-    import io
     buf = io.StringIO()
     writer = csv.DictWriter(buf, CSV_COLUMNS)
     writer.writeheader()

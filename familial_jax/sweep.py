@@ -22,7 +22,6 @@ import jax
 import numpy as np
 
 from familial_jax import isoflop
-from familial_jax import laws
 from familial_jax import plots
 from familial_jax import train
 from familial_jax.laws import report as report_lib
@@ -139,8 +138,7 @@ def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
   atomic_write(os.path.join(workdir, "fits.json"),
                json.dumps(report, indent=1, default=float))
   log(report_lib.format_report(report))
-  figures = plots.draw_all(table, report, sweep, os.path.join(workdir,
-                                                              "figures"))
+  figures = plots.draw_all(table, report, os.path.join(workdir, "figures"))
   atomic_write(os.path.join(workdir, "report.md"),
                report_lib.markdown(report, figures, workdir))
   log(f"wrote {len(figures)} figures and report.md under {workdir}")

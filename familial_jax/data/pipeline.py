@@ -84,10 +84,6 @@ class Windows(grain.sources.RandomAccessDataSource):
     return self._stream[start:start + self._seq_len + 1].astype(np.int32)
 
 
-def num_windows(stream: np.ndarray, seq_len: int) -> int:
-  return (len(stream) - 1) // seq_len
-
-
 def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
                   seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:

@@ -18,7 +18,7 @@ the family loss, the mean over a model's exits (`family_table`).
 from __future__ import annotations
 
 import csv
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -128,8 +128,3 @@ def load_csv(path: str) -> Table:
               "number.") from None
       columns[k].append(value)
   return as_table({k: v for k, v in columns.items() if k in COLUMNS})
-
-
-def to_mapping(table: Mapping) -> dict[str, list]:
-  """JSON-friendly copy of a table."""
-  return {k: np.asarray(v).tolist() for k, v in table.items()}
