@@ -12,7 +12,6 @@ Prints both objectives, times and their ratios, and writes a JSON record.
   python benchmarks/fit_speed.py --output=benchmarks/results/fit_speed_cpu.json
 """
 
-import csv
 import datetime
 import json
 import os
@@ -51,17 +50,6 @@ print(json.dumps({"objective": r.objective, "params": r.params,
                   "seconds": t2 - t1, "warm_seconds": t3 - t2,
                   "import_seconds": t1 - t0}))
 """
-
-
-def load(path):
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  n = np.array([float(r["Model Size"]) for r in rows])
-  c = np.array([float(r["Training FLOP"]) for r in rows])
-  loss = np.array([float(r["loss"]) for r in rows])
-  keep = np.argsort(loss)[:-5]
-  return {"params": n[keep], "tokens": c[keep] / (6 * n[keep]),
-          "loss": loss[keep]}
 
 
 def scipy_loop(table, grid, with_jac):
@@ -109,7 +97,7 @@ def main(argv):
   del argv
   from familial_jax import laws  # only for the grid; fits run in children
   import jax
-  table = load(_DATA.value)
+  table = laws.table.load_epoch_chinchilla(_DATA.value)
   grid = laws.besiroglu_grid(laws.get_form("chinchilla"))
   sub = grid[::_STRIDE.value]
   scale = len(grid) / len(sub)

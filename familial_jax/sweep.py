@@ -37,8 +37,8 @@ def enable_compilation_cache(directory: str) -> None:
 
 def plan(sweep: isoflop.SweepConfig):
   """Plans against the corpus' real training-token count."""
-  _, train_stream, _ = train.load_data(sweep.data)
-  return isoflop.plan(sweep, train_tokens=len(train_stream))
+  train_tokens = len(train.load_data(sweep.data).train)
+  return isoflop.plan(sweep, train_tokens=train_tokens)
 
 
 def dry_run(sweep: isoflop.SweepConfig) -> str:

@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -192,12 +192,23 @@ def build(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> Trainer:
   return Trainer(cfg, mesh, model, tx, state_sharding, init, step, evaluate)
 
 
+class Data(NamedTuple):
+  """A loaded corpus: token streams plus what every result records of it."""
+
+  train: np.ndarray
+  validation: np.ndarray
+  corpus_info: dict  # name, documents, bytes, sha256
+  unigram_entropy: float  # of the training stream, nats/token
+
+
 @functools.lru_cache(maxsize=2)
-def load_data(d: DataConfig) -> tuple[data_lib.Corpus, np.ndarray, np.ndarray]:
-  """(corpus, train stream, validation stream), cached per DataConfig so that
-  a sweep reads its corpus once."""
+def load_data(d: DataConfig) -> Data:
+  """Loads, splits and describes a corpus once per DataConfig, so that the
+  points of a sweep neither reread nor rehash it."""
   corpus = load_corpus(d)
-  return (corpus,) + data_lib.token_streams(corpus, d.val_fraction)
+  train, validation = data_lib.token_streams(corpus, d.val_fraction)
+  return Data(train, validation, corpus.describe(),
+              data_lib.unigram_entropy(train))
 
 
 def load_corpus(d: DataConfig) -> data_lib.Corpus:
@@ -331,7 +342,8 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
     raise ValueError(
         f"ModelConfig.vocab_size={cfg.model.vocab_size} is smaller than the "
         f"byte tokenizer's {tokenizer.vocab_size}.")
-  corpus, train_stream, val_stream = load_data(cfg.data)
+  data = load_data(cfg.data)
+  train_stream, val_stream = data.train, data.validation
   val = data_lib.validation_windows(val_stream, cfg.seq_len, cfg.eval_windows)
   dataset = data_lib.train_dataset(train_stream, cfg.seq_len, cfg.batch_size,
                                    cfg.seed, jax.process_index(),
@@ -412,9 +424,9 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
       "eval_history": evals,
       "validation_tokens": int((len(val) // cfg.batch_size) * cfg.batch_size
                                * cfg.seq_len),
-      "corpus": corpus.describe(),
+      "corpus": data.corpus_info,
       "tokenizer": tokenizer.spec(),
-      "unigram_entropy": data_lib.unigram_entropy(train_stream),
+      "unigram_entropy": data.unigram_entropy,
       "versions": _versions(),
       "devices": [str(d) for d in jax.devices()],
       "mesh": dict(mesh.shape),

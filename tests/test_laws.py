@@ -25,13 +25,7 @@ def chinchilla_table():
   """Epoch's extraction: drop the 5 highest-loss points, D = C / (6N)."""
   if not os.path.exists(REFERENCE):
     pytest.skip(f"reference data absent: {REFERENCE}")
-  with open(REFERENCE) as f:
-    rows = list(csv.DictReader(f))
-  n = np.array([float(r["Model Size"]) for r in rows])
-  c = np.array([float(r["Training FLOP"]) for r in rows])
-  loss = np.array([float(r["loss"]) for r in rows])
-  keep = np.argsort(loss)[:-5]
-  return dict(params=n[keep], tokens=c[keep] / (6 * n[keep]), loss=loss[keep])
+  return laws.table.load_epoch_chinchilla(REFERENCE)
 
 
 def synthetic_table(seed=0, form="multiplicative", noise=0.005):

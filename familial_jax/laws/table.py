@@ -128,3 +128,17 @@ def load_csv(path: str) -> Table:
               "number.") from None
       columns[k].append(value)
   return as_table({k: v for k, v in columns.items() if k in COLUMNS})
+
+
+def load_epoch_chinchilla(path: str, drop_highest: int = 5) -> Table:
+  """Epoch AI's extraction of the Chinchilla data, as Besiroglu et al. (2024)
+  fit it: columns "Model Size" (N), "Training FLOP" (C) and "loss"; the
+  `drop_highest` highest-loss points dropped; D = C / (6N)."""
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  n = np.array([float(r["Model Size"]) for r in rows])
+  c = np.array([float(r["Training FLOP"]) for r in rows])
+  loss = np.array([float(r["loss"]) for r in rows])
+  keep = np.argsort(loss)[:len(loss) - drop_highest]
+  return {"params": n[keep], "tokens": c[keep] / (6 * n[keep]),
+          "loss": loss[keep], "granularity": np.ones(len(keep))}
