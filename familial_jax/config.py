@@ -17,6 +17,7 @@ from typing import Sequence
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
+REMAT_POLICIES = ("none", "block", "dots")
 
 
 def _require_ints(config, names, minimum: int) -> None:
@@ -77,6 +78,10 @@ class ModelConfig:
       "xla", "cudnn" (GPU only) or "auto" (let JAX choose).
     rope_theta: base of the rotary position frequencies.
     norm_eps: epsilon of RMSNorm.
+    remat: activation rematerialisation of each block in the backward pass:
+      "none" (keep every activation), "block" (keep only block inputs) or
+      "dots" (keep matmul outputs, recompute the cheap elementwise ops).
+      Changes memory and speed, never the numbers.
   """
 
   vocab_size: int = 256
@@ -92,6 +97,7 @@ class ModelConfig:
   attention: str = "xla"
   rope_theta: float = 10000.0
   norm_eps: float = 1e-6
+  remat: str = "none"
 
   def __post_init__(self):
     _require_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads",
@@ -152,6 +158,9 @@ class ModelConfig:
       raise ValueError(
           f"ModelConfig.attention={self.attention!r} is not one of "
           f"{ATTENTION_IMPLEMENTATIONS}.")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"ModelConfig.remat={self.remat!r} is not one of "
+                       f"{REMAT_POLICIES}.")
     if not self.rope_theta > 0:
       raise ValueError(
           f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}.")
@@ -256,6 +265,8 @@ class TrainConfig:
     log_every: steps between progress lines.
     checkpoint_every: steps between checkpoints (0: only at the end).
     keep_checkpoints: checkpoints kept on disk.
+    loss_chunk: tokens per chunk of the exit cross-entropy (see
+      `losses.chunked_cross_entropy`); 0 chooses one from the vocabulary size.
   """
 
   model: ModelConfig = ModelConfig()
@@ -278,12 +289,13 @@ class TrainConfig:
   log_every: int = 10
   checkpoint_every: int = 0
   keep_checkpoints: int = 2
+  loss_chunk: int = 0
 
   def __post_init__(self):
     _require_ints(self, ("seq_len", "batch_size", "steps", "eval_windows",
                          "log_every", "keep_checkpoints"), minimum=1)
     _require_ints(self, ("warmup_steps", "eval_every", "checkpoint_every",
-                         "seed"), minimum=0)
+                         "seed", "loss_chunk"), minimum=0)
     if self.seq_len > self.model.max_seq_len:
       raise ValueError(
           f"TrainConfig.seq_len={self.seq_len} is longer than the model's "

@@ -45,6 +45,13 @@ class SweepConfig:
     max_epochs: D / (training tokens of the corpus) limit.
     eval_windows: validation windows per run.
     flops_per_second: assumed sustained FLOP/s, for time estimates.
+    compute_dtype: compute dtype of every model ("bfloat16" on accelerators;
+      master weights stay float32).
+    attention: attention implementation ("xla", "cudnn", "auto").
+    remat: rematerialisation policy (ModelConfig.remat).
+    group_size: up to this many points of one model shape (across budgets)
+      train together in one vmapped program (`train.run_group`); 1 trains
+      points one by one.
   """
 
   budgets: tuple[float, ...] = (1e11, 3e11, 1e12)
@@ -63,6 +70,10 @@ class SweepConfig:
   max_epochs: float = 4.0
   eval_windows: int = 64
   flops_per_second: float = 2e10
+  compute_dtype: str = "float32"
+  attention: str = "xla"
+  remat: str = "none"
+  group_size: int = 1
 
   def __post_init__(self):
     for name in ("budgets", "granularities", "depths"):
@@ -80,6 +91,13 @@ class SweepConfig:
           f"SweepConfig.depths must be integers >= 1: {self.depths}.")
     if not 0 <= self.warmup_fraction < 1:
       raise ValueError("SweepConfig.warmup_fraction must be in [0, 1).")
+    if (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+        or self.group_size < 1):
+      raise ValueError(f"SweepConfig.group_size must be an integer >= 1, got "
+                       f"{self.group_size!r}.")
+    # Validates dtype, attention and remat with ModelConfig's messages.
+    ModelConfig(dtype=self.compute_dtype, attention=self.attention,
+                remat=self.remat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +169,9 @@ def plan(sweep: SweepConfig, train_tokens: int | None = None
         if g > depth:
           dropped.append((pid, f"G={g} exits need depth >= {g}"))
           continue
-        model = ladder.config(depth, g)
+        model = dataclasses.replace(
+            ladder.config(depth, g), dtype=sweep.compute_dtype,
+            attention=sweep.attention, remat=sweep.remat)
         fpt = flops.flops_per_token(model, ladder.seq_len).train
         steps = int(round(budget / (fpt * tokens_per_step)))
         n = flops.non_embedding_params(model)
@@ -178,6 +198,27 @@ def plan(sweep: SweepConfig, train_tokens: int | None = None
             log_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2))
         points.append(SweepPoint(pid, budget, g, depth, train, fpt))
   return sorted(points, key=lambda p: p.id), dropped
+
+
+def groups(points: Sequence[SweepPoint], size: int
+           ) -> list[list[SweepPoint]]:
+  """Splits points into groups that `train.run_group` can train together.
+
+  Points whose TrainConfigs differ only in length and schedule (one model
+  shape across budgets) are sorted by steps and cut into groups of at most
+  `size`, so that each group's members have similar lengths.
+  """
+  from familial_jax import train  # pylint: disable=g-import-not-at-top
+  by_shape: dict[str, list[SweepPoint]] = {}
+  for p in points:
+    key = repr(sorted((k, repr(v)) for k, v in p.train.to_dict().items()
+                      if k not in train.GROUP_FREE))
+    by_shape.setdefault(key, []).append(p)
+  out = []
+  for members in by_shape.values():
+    members = sorted(members, key=lambda p: (p.train.steps, p.id))
+    out += [members[i:i + size] for i in range(0, len(members), size)]
+  return sorted(out, key=lambda g: g[0].id)
 
 
 def shard(points: Sequence[SweepPoint], index: int, count: int

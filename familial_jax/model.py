@@ -174,7 +174,12 @@ class FamilialLM(nn.Module):
         cfg.vocab_size, cfg.d_model, dtype=_dtype(cfg.dtype),
         param_dtype=_dtype(cfg.param_dtype),
         embedding_init=_init(cfg.d_model ** -0.5, ("vocab", "embed")))
-    self.blocks = [Block(cfg) for _ in range(cfg.n_layers)]
+    block = Block
+    if cfg.remat != "none":
+      policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                if cfg.remat == "dots" else None)
+      block = nn.remat(Block, policy=policy)
+    self.blocks = [block(cfg) for _ in range(cfg.n_layers)]
     self.exits = [ExitHead(cfg) for _ in range(cfg.granularity)]
 
   def features(self, tokens: Array) -> tuple[Array, ...]:
@@ -209,6 +214,13 @@ class FamilialLM(nn.Module):
         if g == cfg.granularity:
           break
     return tuple(outputs)
+
+  def unembedding(self, params: Any, exit_index: int) -> Array:
+    """Exit g's [D, V] unembedding matrix in a parameter tree (the transposed
+    input embedding when tied)."""
+    if self.config.tie_embeddings:
+      return params["embed"]["embedding"].T
+    return params[f"exits_{exit_index}"]["unembed"]["kernel"]
 
   def logits(self, features: Array, exit_index: int) -> Array:
     """Unembeds one exit's features [B, T, D] into float32 logits [B, T, V]."""

@@ -92,22 +92,27 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
       f"{len(mine) - len(todo)} already done, {len(todo)} to run")
   start, ran = time.time(), 0
-  for p in todo:
-    log(f"[{ran + 1}/{len(todo)}] {p.id}: N={p.params:,} D={p.tokens:,} "
-        f"steps={p.train.steps}")
-    record = train.run(p.train, os.path.join(workdir, "runs", p.id),
-                       log=lambda s, pid=p.id: log(f"  {pid} {s}"))
-    if "stopped_at" in record:  # preempted (SIGTERM): checkpointed, stop here
-      log(f"preempted during {p.id}; rerun the same command to resume")
+  for group in isoflop.groups(todo, sweep.group_size):
+    ids = "+".join(p.id for p in group)
+    for p in group:
+      log(f"[{ran + 1}/{len(todo)}] {p.id}: N={p.params:,} D={p.tokens:,} "
+          f"steps={p.train.steps}" + (f" (group {ids})" if len(group) > 1
+                                      else ""))
+    records = train.run_group(
+        [p.train for p in group], os.path.join(workdir, "runs", ids),
+        log=lambda s, tag=ids: log(f"  {tag} {s}"))
+    if isinstance(records, dict):  # preempted (SIGTERM): checkpointed, stop
+      log(f"preempted during {ids}; rerun the same command to resume")
       return {"planned": len(points), "ran": ran, "preempted": True,
               "complete": False}
-    record.update(point_id=p.id, budget=p.budget, depth=p.depth,
-                  planned_compute=p.compute)
-    store.write(record)
-    ran += 1
+    for p, record in zip(group, records):
+      record.update(point_id=p.id, budget=p.budget, depth=p.depth,
+                    planned_compute=p.compute)
+      store.write(record)
+      ran += 1
+      log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)}")
     eta = (time.time() - start) / ran * (len(todo) - ran)
-    log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)}; "
-        f"{ran}/{len(todo)} of this shard, ETA {eta:.0f}s")
+    log(f"{ran}/{len(todo)} of this shard done, ETA {eta:.0f}s")
   done = [p.id for p in points if store.read(p.id) is not None]
   out = {"planned": len(points), "ran": ran,
          "skipped": len(mine) - len(todo), "complete": len(done) == len(points)}

@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax
 import flax.linen as nn
@@ -37,9 +37,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import struct
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from familial_jax import data as data_lib
 from familial_jax import flops
+from familial_jax import losses
 from familial_jax import sharding
 from familial_jax.config import DataConfig, TrainConfig
 from familial_jax.model import FamilialLM
@@ -85,22 +87,30 @@ def learning_rate(step, schedule):
   return jnp.where(step < warmup, warm, decay)
 
 
-def exit_losses(params, model: FamilialLM, batch: jax.Array) -> jax.Array:
+def exit_losses(params, model: FamilialLM, batch: jax.Array,
+                loss_chunk: int = 0) -> jax.Array:
   """Mean next-token cross-entropy of every exit, [G] float32.
+
+  Never holds more than one chunk of one exit's logits
+  (`losses.chunked_cross_entropy`).
 
   Args:
     batch: [B, T + 1] int tokens; inputs are batch[:, :-1], targets [:, 1:].
+    loss_chunk: tokens per loss chunk (0: automatic).
   """
   inputs, targets = batch[:, :-1], batch[:, 1:]
-  logits = model.apply({"params": params}, inputs)  # G x [B, T, V]
+  features = model.apply({"params": params}, inputs,
+                         method=FamilialLM.features)  # G x [B, T, D]
   return jnp.stack([
-      optax.softmax_cross_entropy_with_integer_labels(l, targets).mean()
-      for l in logits])
+      losses.chunked_cross_entropy(h, model.unembedding(params, g), targets,
+                                   loss_chunk)
+      for g, h in enumerate(features)])
 
 
 def train_step(state: TrainState, batch: jax.Array, schedule: jax.Array, *,
                model: FamilialLM, tx: optax.GradientTransformation,
-               weights: jax.Array) -> tuple[TrainState, dict]:
+               weights: jax.Array, loss_chunk: int = 0
+               ) -> tuple[TrainState, dict]:
   """One AdamW step on the weighted family loss.
 
   Args:
@@ -110,10 +120,10 @@ def train_step(state: TrainState, batch: jax.Array, schedule: jax.Array, *,
   """
 
   def loss_fn(params):
-    losses = exit_losses(params, model, batch)
-    return jnp.dot(weights, losses), losses
+    per_exit = exit_losses(params, model, batch, loss_chunk)
+    return jnp.dot(weights, per_exit), per_exit
 
-  (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (loss, per_exit), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
   lr = learning_rate(state.step, schedule)
   clip_state, adam_state = state.opt_state
@@ -124,15 +134,16 @@ def train_step(state: TrainState, batch: jax.Array, schedule: jax.Array, *,
   updates, opt_state = tx.update(grads, (clip_state, adam_state),
                                  state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "exit_losses": losses, "learning_rate": lr,
+  metrics = {"loss": loss, "exit_losses": per_exit, "learning_rate": lr,
              "grad_norm": optax.tree.norm(grads)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: jax.Array, *, model: FamilialLM) -> jax.Array:
+def eval_step(params, batch: jax.Array, *, model: FamilialLM,
+              loss_chunk: int = 0) -> jax.Array:
   """Every exit's mean validation loss on one batch, [G]."""
-  return exit_losses(params, model, batch)
+  return exit_losses(params, model, batch, loss_chunk)
 
 
 @dataclasses.dataclass
@@ -149,8 +160,16 @@ class Trainer:
   evaluate: Callable
 
 
-def build(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> Trainer:
-  """Builds the model, optimizer, shardings and jitted functions."""
+def build(cfg: TrainConfig, mesh: jax.sharding.Mesh,
+          members: int = 1) -> Trainer:
+  """Builds the model, optimizer, shardings and jitted functions.
+
+  With `members` = K > 1 the functions train K copies of the model at once
+  (one vmapped program; see `run_group`): the state gains a leading [K] axis,
+  `step` takes schedules [K, 4] and one shared batch, freezes each member
+  once its step count reaches its schedule's total, and `evaluate` returns
+  [K, G].
+  """
   dp = sharding.data_parallel_size(mesh)
   if cfg.batch_size % dp:
     raise ValueError(
@@ -169,20 +188,40 @@ def build(cfg: TrainConfig, mesh: jax.sharding.Mesh) -> Trainer:
   with nn.logical_axis_rules(sharding.RULES):
     abstract = jax.eval_shape(init_boxed, jax.random.PRNGKey(0))
     state_sharding = sharding.logical_sharding(mesh, abstract)
-  init = jax.jit(lambda rng: nn.unbox(init_boxed(rng)),
-                 out_shardings=state_sharding)
   weights = jnp.asarray(cfg.weights, jnp.float32)
   batch_sh = sharding.batch_sharding(mesh)
 
-  def step_fn(state, batch, schedule):
+  def one_step(state, batch, schedule):
     with nn.logical_axis_rules(sharding.RULES):
       return train_step(state, batch, schedule, model=model, tx=tx,
-                        weights=weights)
+                        weights=weights, loss_chunk=cfg.loss_chunk)
 
-  def eval_fn(params, batch):
+  def one_eval(params, batch):
     with nn.logical_axis_rules(sharding.RULES):
-      return eval_step(params, batch, model=model)
+      return eval_step(params, batch, model=model, loss_chunk=cfg.loss_chunk)
 
+  def init_one(rng):
+    return nn.unbox(init_boxed(rng))
+
+  if members == 1:
+    init_fn, step_fn, eval_fn = init_one, one_step, one_eval
+  else:
+    state_sharding = jax.tree.map(
+        lambda s: NamedSharding(mesh, P(None, *s.spec)), state_sharding)
+
+    def init_fn(rng):  # every member starts from the same seed's init
+      return jax.tree.map(
+          lambda x: jnp.broadcast_to(x, (members,) + x.shape), init_one(rng))
+
+    def member_step(state, batch, schedule):
+      new, metrics = one_step(state, batch, schedule)
+      active = state.step < schedule[2]
+      return jax.tree.map(lambda n, o: jnp.where(active, n, o), new,
+                          state), metrics
+
+    step_fn = jax.vmap(member_step, in_axes=(0, None, 0))
+    eval_fn = jax.vmap(one_eval, in_axes=(0, None))
+  init = jax.jit(init_fn, out_shardings=state_sharding)
   step = jax.jit(step_fn, in_shardings=(state_sharding, batch_sh,
                                         sharding.replicated(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)),
@@ -235,16 +274,27 @@ def _versions() -> dict:
 _CADENCE = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
 
-def _check_workdir(workdir: str, cfg: TrainConfig) -> None:
-  """Refuses a workdir that holds a run of another config."""
+def _check_workdir(workdir: str, cfgs: Sequence[TrainConfig]) -> None:
+  """Refuses a workdir that holds a run of another config (or group)."""
   path = os.path.join(workdir, "config.json")
-  mine = {k: v for k, v in cfg.to_dict().items() if k not in _CADENCE}
+  dicts = [{k: v for k, v in c.to_dict().items() if k not in _CADENCE}
+           for c in cfgs]
+  mine = json.loads(json.dumps(dicts[0] if len(dicts) == 1 else
+                               {"group": dicts}))
   if os.path.exists(path):
     with open(path) as f:
-      theirs = {k: v for k, v in json.load(f).items() if k not in _CADENCE}
-    if theirs != json.loads(json.dumps(mine)):
-      diff = sorted(k for k in set(mine) | set(theirs)
-                    if json.loads(json.dumps(mine.get(k))) != theirs.get(k))
+      theirs = json.load(f)
+    strip = lambda d: {k: v for k, v in d.items() if k not in _CADENCE}
+    if "group" in theirs:
+      theirs = {"group": [strip(d) for d in theirs["group"]]}
+    else:
+      theirs = strip(theirs)
+    if theirs != mine:
+      if "group" in mine or "group" in theirs:
+        diff = ["group"]
+      else:
+        diff = sorted(k for k in set(mine) | set(theirs)
+                      if mine.get(k) != theirs.get(k))
       raise ValueError(
           f"workdir {workdir} holds a run of another config (differs in "
           f"{diff}); use a new workdir or the same config.")
@@ -321,6 +371,26 @@ def _restore_latest_good(manager, trainer: Trainer, iterator, log):
   return None
 
 
+# Fields in which the members of one `run_group` may differ: the length and
+# learning-rate schedule of each run (the program is the same).
+GROUP_FREE = ("steps", "warmup_steps", "learning_rate", "min_lr_ratio",
+              "log_every", "checkpoint_every", "eval_every")
+
+
+def check_group(cfgs: Sequence[TrainConfig]) -> None:
+  """Raises ValueError unless the configs can train in one vmapped program."""
+  if not cfgs:
+    raise ValueError("a group needs at least one TrainConfig.")
+  base = {k: v for k, v in cfgs[0].to_dict().items() if k not in GROUP_FREE}
+  for i, c in enumerate(cfgs[1:], start=1):
+    other = {k: v for k, v in c.to_dict().items() if k not in GROUP_FREE}
+    if other != base:
+      diff = sorted(k for k in base if base[k] != other[k])
+      raise ValueError(
+          f"group member {i} differs from member 0 in {diff}; members may "
+          f"differ only in {GROUP_FREE}.")
+
+
 def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
         stop_after: int | None = None) -> dict:
   """Trains (or resumes) one familial model and returns its result record.
@@ -333,33 +403,67 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
       preempted job would; used to test exact resumption.
 
   Returns:
-    The result record (also written to workdir/result.json when finished).
+    The result record (also written to workdir/result.json when finished),
+    or {"stopped_at", "preempted"} when stopped early.
   """
+  return _train([cfg], workdir, log=log, stop_after=stop_after)
+
+
+def run_group(cfgs: Sequence[TrainConfig], workdir: str, *,
+              log: Callable[[str], None] = print,
+              stop_after: int | None = None) -> list[dict] | dict:
+  """Trains K runs of one shape in one vmapped program.
+
+  The members share everything but their length and learning-rate schedule
+  (`GROUP_FREE`): the IsoFLOP points of one model shape across budgets. They
+  share the seed, hence the initialisation and the data order, so one batch
+  feeds all of them and member k's numbers equal `run(cfgs[k])`'s (up to
+  float reassociation). A member stops changing once it has taken its own
+  number of steps; the program runs for the longest member. This trades
+  FLOPs (K x the longest run) for filling an accelerator that one small model
+  leaves idle, and compiles once for K runs; `benchmarks/sweep_throughput.py`
+  measures when that pays.
+
+  Returns:
+    The members' result records (also written to workdir/result.json as a
+    list), or {"stopped_at", "preempted"} when stopped early.
+  """
+  check_group(cfgs)
+  if len(cfgs) == 1:
+    record = run(cfgs[0], workdir, log=log, stop_after=stop_after)
+    return record if "stopped_at" in record else [record]
+  return _train(list(cfgs), workdir, log=log, stop_after=stop_after)
+
+
+def _train(cfgs: list[TrainConfig], workdir: str, *,
+           log: Callable[[str], None], stop_after: int | None):
+  """`run` (one config) and `run_group` (several)."""
   start = time.time()
+  k, base = len(cfgs), cfgs[0]
   # 1. data
   tokenizer = data_lib.ByteTokenizer()
-  if cfg.model.vocab_size < tokenizer.vocab_size:
+  if base.model.vocab_size < tokenizer.vocab_size:
     raise ValueError(
-        f"ModelConfig.vocab_size={cfg.model.vocab_size} is smaller than the "
+        f"ModelConfig.vocab_size={base.model.vocab_size} is smaller than the "
         f"byte tokenizer's {tokenizer.vocab_size}.")
-  data = load_data(cfg.data)
-  train_stream, val_stream = data.train, data.validation
-  val = data_lib.validation_windows(val_stream, cfg.seq_len, cfg.eval_windows)
-  dataset = data_lib.train_dataset(train_stream, cfg.seq_len, cfg.batch_size,
-                                   cfg.seed, jax.process_index(),
+  data = load_data(base.data)
+  val = data_lib.validation_windows(data.validation, base.seq_len,
+                                    base.eval_windows)
+  dataset = data_lib.train_dataset(data.train, base.seq_len, base.batch_size,
+                                   base.seed, jax.process_index(),
                                    jax.process_count())
   # 2. mesh
-  mesh = sharding.make_mesh(cfg.mesh_shape)
-  trainer = build(cfg, mesh)
-  _check_workdir(workdir, cfg)
+  mesh = sharding.make_mesh(base.mesh_shape)
+  trainer = build(base, mesh, members=k)
+  _check_workdir(workdir, cfgs)
   # 3. state
   manager = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=cfg.keep_checkpoints))
+      options=ocp.CheckpointManagerOptions(max_to_keep=base.keep_checkpoints))
   iterator = iter(dataset)
   state = _restore_latest_good(manager, trainer, iterator, log)
   if state is None:
-    state = trainer.init(jax.random.PRNGKey(cfg.seed))
+    state = trainer.init(jax.random.PRNGKey(base.seed))
 
   def save(step):
     manager.save(step, args=ocp.args.Composite(
@@ -369,31 +473,44 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
 
   # 4. loop (SIGTERM, the usual preemption notice, checkpoints and stops)
   preempted = _PreemptionFlag()
-  tokens_per_step = cfg.batch_size * cfg.seq_len
-  fpt = flops.flops_per_token(cfg.model, cfg.seq_len)
-  schedule = schedule_array(cfg)
-  history, evals = [], []
-  step = int(state.step)
+  tokens_per_step = base.batch_size * base.seq_len
+  schedule = (schedule_array(base) if k == 1 else
+              np.stack([schedule_array(c) for c in cfgs]))
+  total = max(c.steps for c in cfgs)
+  every = [c.checkpoint_every for c in cfgs if c.checkpoint_every]
+  checkpoint_every = min(every) if every else 0
+  history, evals = [[] for _ in cfgs], [[] for _ in cfgs]
+  step = int(np.max(jax.device_get(state.step)))
   t_loop, first_step = time.time(), step
-  while step < cfg.steps:
+  while step < total:
     batch = sharding.global_batch(next(iterator), mesh)
     state, metrics = trainer.step(state, batch, schedule)
     step += 1
-    if step % cfg.log_every == 0 or step == cfg.steps:
+    logging = [i for i, c in enumerate(cfgs) if step <= c.steps and (
+        step % c.log_every == 0 or step == c.steps)]
+    if logging:
       m = jax.device_get(metrics)
-      history.append({"step": step, "loss": float(m["loss"]),
-                      "exit_losses": [float(x) for x in m["exit_losses"]]})
+      loss = np.reshape(m["loss"], (k,))
+      per_exit = np.reshape(m["exit_losses"], (k, -1))
+      for i in logging:
+        history[i].append({"step": step, "loss": float(loss[i]),
+                           "exit_losses": [float(x) for x in per_exit[i]]})
       rate = (step - first_step) * tokens_per_step / (time.time() - t_loop)
-      eta = (cfg.steps - step) * tokens_per_step / max(rate, 1e-9)
-      exits = " ".join(f"{x:.3f}" for x in m["exit_losses"])
-      log(f"step {step}/{cfg.steps} loss {m['loss']:.4f} exits [{exits}] "
-          f"{rate:,.0f} tok/s ETA {eta:.0f}s")
-    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-      evals.append({"step": step, "exit_losses": _evaluate(
-          trainer, state.params, val).tolist()})
-    stop = step < cfg.steps and (preempted.set or (
+      eta = (total - step) * tokens_per_step / max(rate, 1e-9)
+      exits = " ".join(f"{x:.3f}" for x in per_exit[logging[0]])
+      who = f" member {logging[0]}" if k > 1 else ""
+      log(f"step {step}/{total}{who} loss {loss[logging[0]]:.4f} exits "
+          f"[{exits}] {rate:,.0f} tok/s ETA {eta:.0f}s")
+    evaluating = [i for i, c in enumerate(cfgs)
+                  if c.eval_every and step % c.eval_every == 0 and
+                  step < c.steps]
+    if evaluating:
+      losses_now = np.reshape(_evaluate(trainer, state.params, val), (k, -1))
+      for i in evaluating:
+        evals[i].append({"step": step, "exit_losses": losses_now[i].tolist()})
+    stop = step < total and (preempted.set or (
         stop_after is not None and step >= stop_after))
-    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop:
+    if (checkpoint_every and step % checkpoint_every == 0) or stop:
       save(step)
     if stop:
       preempted.restore()
@@ -402,10 +519,36 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
       return {"stopped_at": step, "preempted": preempted.set}
   preempted.restore()
   # 5. result
-  val_losses = _evaluate(trainer, state.params, val)
+  val_losses = np.reshape(_evaluate(trainer, state.params, val), (k, -1))
   if manager.latest_step() != step:
     save(step)
-  record = {
+  shared = {
+      "validation_tokens": int((len(val) // base.batch_size) * base.batch_size
+                               * base.seq_len),
+      "corpus": data.corpus_info,
+      "tokenizer": tokenizer.spec(),
+      "unigram_entropy": data.unigram_entropy,
+      "versions": _versions(),
+      "devices": [str(d) for d in jax.devices()],
+      "mesh": dict(mesh.shape),
+      "wall_seconds": time.time() - start,
+  }
+  if k > 1:
+    shared["group_size"] = k
+  records = [dict(_describe(c, val_losses[i]), train_history=history[i],
+                  eval_history=evals[i], **shared)
+             for i, c in enumerate(cfgs)]
+  out = records[0] if k == 1 else records
+  if jax.process_index() == 0:
+    atomic_write(os.path.join(workdir, "result.json"),
+                 json.dumps(out, indent=2))
+  return out
+
+
+def _describe(cfg: TrainConfig, val_losses: np.ndarray) -> dict:
+  """What a result record says of one run: config, losses, N, D, C."""
+  fpt = flops.flops_per_token(cfg.model, cfg.seq_len)
+  return {
       "config": cfg.to_dict(),
       "exit_losses": val_losses.tolist(),
       "family_loss": float(np.mean(val_losses)),
@@ -420,19 +563,4 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
       "train_flops_per_token": fpt.train,
       "steps": cfg.steps,
       "seed": cfg.seed,
-      "train_history": history,
-      "eval_history": evals,
-      "validation_tokens": int((len(val) // cfg.batch_size) * cfg.batch_size
-                               * cfg.seq_len),
-      "corpus": data.corpus_info,
-      "tokenizer": tokenizer.spec(),
-      "unigram_entropy": data.unigram_entropy,
-      "versions": _versions(),
-      "devices": [str(d) for d in jax.devices()],
-      "mesh": dict(mesh.shape),
-      "wall_seconds": time.time() - start,
   }
-  if jax.process_index() == 0:
-    atomic_write(os.path.join(workdir, "result.json"),
-                 json.dumps(record, indent=2))
-  return record

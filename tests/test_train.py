@@ -271,3 +271,30 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
   steps = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()
            if p.name.isdigit()]
   assert steps and 5 <= max(steps) < 400
+
+
+def test_group_training_equals_separate_runs(tmp_path):
+  """Three runs of one shape and different lengths in one vmapped program
+  give each run's own losses; a stop and resume of the group changes
+  nothing."""
+  cfgs = [dataclasses.replace(SMALL, steps=s, warmup_steps=w, learning_rate=lr)
+          for s, w, lr in [(3, 1, 3e-3), (6, 2, 3e-3), (5, 1, 1e-3)]]
+  alone = [train.run(c, str(tmp_path / f"alone{i}"), **quiet)
+           for i, c in enumerate(cfgs)]
+  stopped = train.run_group(cfgs, str(tmp_path / "group"), stop_after=4,
+                            **quiet)
+  assert stopped == {"stopped_at": 4, "preempted": False}
+  group = train.run_group(cfgs, str(tmp_path / "group"), **quiet)
+  assert len(group) == 3
+  for a, g in zip(alone, group):
+    assert g["steps"] == a["steps"] and g["D"] == a["D"] and g["C"] == a["C"]
+    # History before the resume point was logged by the stopped run.
+    tail = [h for h in a["train_history"] if h["step"] > 4]
+    np.testing.assert_allclose([h["exit_losses"] for h in g["train_history"]],
+                               [h["exit_losses"] for h in tail], rtol=2e-5)
+    np.testing.assert_allclose(g["exit_losses"], a["exit_losses"], rtol=2e-5)
+  with pytest.raises(ValueError, match="differs from member 0 in .'seed'"):
+    train.run_group([SMALL, dataclasses.replace(SMALL, seed=1)],
+                    str(tmp_path / "bad"), **quiet)
+  with pytest.raises(ValueError, match="another config"):
+    train.run_group(cfgs[:2], str(tmp_path / "group"), **quiet)
