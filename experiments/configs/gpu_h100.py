@@ -4,7 +4,8 @@ r"""One H100: budgets 1e14 to 3e15 FLOPs, G in {1, 2, 4, 8}, depths 4..16.
       --workdir=runs/gpu_h100 [--dry_run]
 
 Points that would pass over the corpus more than 4 times are dropped (the plan
-says which); d_model = 32 x depth, head_dim 64, sequence 512, batch 32.
+says which); d_model = 32 x depth, head_dim 64, sequence 512, batch 32; bf16
+compute with float32 master weights and cuDNN attention.
 """
 
 import ml_collections
@@ -29,4 +30,7 @@ def get_config():
   c.eval_windows = 512
   c.flops_per_second = 2e14
   c.n_boot = 200
+  c.compute_dtype = "bfloat16"
+  c.attention = "cudnn"
+  c.group_size = 1
   return c
