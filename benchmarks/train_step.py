@@ -238,6 +238,16 @@ def main(argv):
           f" of measured peak" + (f", {row['mfu_vs_datasheet']:.1%} of datasheet"
                                   if sheet else "") +
           f"  (compile+first {first:.1f} s)")
+    _summarise(rows, device, peak, sheet, vocab, seq_len, batch, shapes,
+               final=False)
+  _summarise(rows, device, peak, sheet, vocab, seq_len, batch, shapes,
+             final=True)
+
+
+def _summarise(rows, device, peak, sheet, vocab, seq_len, batch, shapes,
+               final):
+  """Ratios, printed at the end; the JSON record rewritten after every run so
+  that a run cut short keeps what it measured."""
   by = {r["name"]: r for r in rows if "error" not in r}
   ratios = {}
   for g in (1, 4):
@@ -253,7 +263,8 @@ def main(argv):
     best = max(big, key=lambda r: r["tokens_per_second"])
     ratios["d1024_G4_best_remat"] = best["remat"]
     ratios["d1024_G4_mfu_vs_measured_peak"] = best["mfu_vs_measured_peak"]
-  print("ratios:", json.dumps(ratios, indent=1))
+  if final:
+    print("ratios:", json.dumps(ratios, indent=1))
   if _OUTPUT.value:
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -266,10 +277,12 @@ def main(argv):
                    **{k: dict(zip(("d_model", "layers", "heads"), v))
                       for k, v in shapes.items()}},
         "measured_bf16_matmul_peak": peak, "datasheet_bf16_peak": sheet,
-        "steps_timed": _STEPS.value, "runs": rows, "ratios": ratios}
+        "steps_timed": _STEPS.value, "complete": final, "runs": rows,
+        "ratios": ratios}
     with open(_OUTPUT.value, "w") as f:
       json.dump(record, f, indent=1)
-    print("wrote", _OUTPUT.value)
+    if final:
+      print("wrote", _OUTPUT.value)
 
 
 if __name__ == "__main__":
