@@ -21,7 +21,6 @@ the FLOPs of our SwiGLU of width 8d/3.
   python benchmarks/train_step.py --small   # a quick CPU smoke run
 """
 
-import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -34,7 +33,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from familial_jax import flops
