@@ -38,10 +38,11 @@ _MODES = flags.DEFINE_list("modes", ["grouped", "one_by_one"],
 
 
 def small_sweep(gpu: bool, small: bool) -> isoflop.SweepConfig:
-  scale = 0.1 if small else 1.0
+  scale = 0.25 if small else 1.0
   return isoflop.SweepConfig(
-      budgets=tuple(scale * c for c in (1e12, 2e12, 4e12, 8e12)),
-      granularities=(1, 2), depths=(2, 4),
+      budgets=tuple(scale * c for c in (2e11, 3e11, 4.5e11, 7e11, 1e12,
+                                        1.5e12)),
+      granularities=(1, 2), depths=(2, 3),
       ladder=flops.ShapeLadder(vocab_size=256, seq_len=128, aspect_ratio=32.0,
                                head_dim=32),
       batch_size=32, learning_rate=2e-3, min_steps=10, eval_windows=64,

@@ -3,17 +3,20 @@
 An exit's loss needs logits [tokens, vocab]. For GPT-2-sized vocabularies
 (50,304) and a batch of 16 x 1024 tokens that is 3.3 GB in float32 per exit,
 and autodiff keeps it (or the softmax) alive until the backward pass: with
-G exits, G times that. `chunked_cross_entropy` walks the tokens in chunks,
-keeps only one chunk's logits at a time and, through a custom VJP, saves only
-the per-token log-normaliser for the backward pass, which recomputes each
-chunk's logits once:
+G exits, G times that. `chunked_cross_entropy` walks the sequence in chunks
+and keeps only one chunk's logits at a time. Because the loss is a scalar,
+its gradient is known up to the scalar cotangent g while the logits are at
+hand, so (as Liger-Kernel's fused linear cross-entropy does) the forward pass
+of the custom VJP computes it chunk by chunk:
 
-  forward   z = h_c W (f32 accumulation), lse_c = logsumexp(z), loss = lse - z_y
-  backward  dz = g (softmax(z) - onehot(y)),  dh_c = dz W^T,  dW += h_c^T dz
+  z = h_c W (f32 accumulation), lse = logsumexp(z), loss += lse - z_y
+  dz = softmax(z) - onehot(y),  dh_c = dz W^T,  dW += h_c^T dz
 
-Memory: O(chunk x vocab) instead of O(tokens x vocab) per exit. Compute: one
-extra unembedding matmul in the backward pass (3 -> 4 unembedding matmuls per
-exit per step) in exchange for never writing or reading the logits in HBM.
+and the backward pass only multiplies dh and dW by g. Memory: O(chunk x
+vocab) of logits plus dh [B, T, D] and dW [D, V] instead of O(tokens x vocab)
+per exit; compute: the same three unembedding matmuls per exit as autodiff of
+the plain loss; no logits ever written to or read from HBM in full. Without
+differentiation (evaluation) only the loss is computed.
 """
 
 from __future__ import annotations
@@ -77,36 +80,41 @@ def _forward_chunk(h, w, y):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _ce_sum(h, w, y, n_chunks):
   """Sum of the per-token losses of logits h @ w over n_chunks chunks."""
-  return _ce_fwd(h, w, y, n_chunks)[0]
+
+  def body(total, a):
+    return total + _forward_chunk(a[0], w, a[1])[0].sum(), None
+
+  return jax.lax.scan(body, jnp.zeros((), _acc(h.dtype)),
+                      (_chunks(h, n_chunks), _chunks(y, n_chunks)))[0]
 
 
 def _ce_fwd(h, w, y, n_chunks):
-  def body(total, a):
-    loss, lse = _forward_chunk(a[0], w, a[1])
-    return total + loss.sum(), lse
+  """Loss and, in the same pass over each chunk's logits, the gradients of
+  the summed loss with respect to h and w (the cotangent is a scalar, so the
+  backward pass only rescales them)."""
+  wc, acc = w.astype(h.dtype), _acc(h.dtype)
 
-  total, lse = jax.lax.scan(body, jnp.zeros((), _acc(h.dtype)),
-                            (_chunks(h, n_chunks), _chunks(y, n_chunks)))
-  return total, (h, w, y, lse)
+  def body(carry, a):
+    total, dw = carry
+    h_c, y_c = a
+    z = _dot("btd,dv->btv", h_c, wc, acc)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    loss = lse - jnp.take_along_axis(z, y_c[..., None], axis=-1)[..., 0]
+    dz = (jnp.exp(z - lse[..., None]) -
+          jax.nn.one_hot(y_c, z.shape[-1], dtype=acc)).astype(h.dtype)
+    dh_c = _dot("btv,dv->btd", dz, wc, acc).astype(h.dtype)
+    return (total + loss.sum(), dw + _dot("btd,btv->dv", h_c, dz, acc)), dh_c
+
+  (total, dw), dh = jax.lax.scan(
+      body, (jnp.zeros((), acc), jnp.zeros(w.shape, acc)),
+      (_chunks(h, n_chunks), _chunks(y, n_chunks)))
+  return total, (_unchunk(dh), dw)
 
 
 def _ce_bwd(n_chunks, res, g):
-  h, w, y, lse = res
-  wc, acc = w.astype(h.dtype), _acc(h.dtype)
-
-  def body(dw, a):
-    h_c, y_c, lse_c = a
-    z = _dot("btd,dv->btv", h_c, wc, acc)
-    p = jnp.exp(z - lse_c[..., None])
-    dz = ((p - jax.nn.one_hot(y_c, z.shape[-1], dtype=p.dtype)) * g
-          ).astype(h.dtype)
-    dh_c = _dot("btv,dv->btd", dz, wc, acc)
-    dw = dw + _dot("btd,btv->dv", h_c, dz, acc)
-    return dw, dh_c.astype(h.dtype)
-
-  dw, dh = jax.lax.scan(body, jnp.zeros(w.shape, acc),
-                        (_chunks(h, n_chunks), _chunks(y, n_chunks), lse))
-  return _unchunk(dh), dw.astype(w.dtype), None
+  del n_chunks
+  dh, dw = res
+  return (dh * g.astype(dh.dtype)), (dw * g).astype(dw.dtype), None
 
 
 _ce_sum.defvjp(_ce_fwd, _ce_bwd)

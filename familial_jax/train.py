@@ -321,6 +321,47 @@ def _evaluate(trainer: Trainer, params, val: np.ndarray) -> np.ndarray:
   return total / (n // b)
 
 
+class _Prefetcher:
+  """Reads and places the next batches on a background thread, so the host
+  work of a step (grain, the host-to-device copy) overlaps the device's.
+
+  Yields (device batch, iterator state after that batch); saving the state of
+  the last batch consumed makes a checkpoint resume exactly where it stopped.
+  """
+
+  def __init__(self, iterator, mesh, depth: int = 2):
+    import queue  # pylint: disable=g-import-not-at-top
+    self._queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+
+    def work():
+      try:
+        while not self._stop.is_set():
+          local = next(iterator)
+          item = (sharding.global_batch(local, mesh), iterator.get_state())
+          while not self._stop.is_set():
+            try:
+              self._queue.put(item, timeout=0.1)
+              break
+            except queue.Full:
+              continue
+      except Exception as e:  # pylint: disable=broad-except
+        self._queue.put(e)
+
+    self._thread = threading.Thread(target=work, daemon=True)
+    self._thread.start()
+
+  def next(self):
+    item = self._queue.get()
+    if isinstance(item, Exception):
+      raise item
+    return item
+
+  def close(self):
+    self._stop.set()
+    self._thread.join()
+
+
 class _PreemptionFlag:
   """Sets `.set` on SIGTERM (main thread only) until `restore()`."""
 
@@ -464,11 +505,12 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
   state = _restore_latest_good(manager, trainer, iterator, log)
   if state is None:
     state = trainer.init(jax.random.PRNGKey(base.seed))
+  data_state = iterator.get_state()
 
   def save(step):
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(iterator.get_state())), force=True)
+        data=ocp.args.JsonSave(data_state)), force=True)
     manager.wait_until_finished()
 
   # 4. loop (SIGTERM, the usual preemption notice, checkpoints and stops)
@@ -482,41 +524,45 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
   history, evals = [[] for _ in cfgs], [[] for _ in cfgs]
   step = int(np.max(jax.device_get(state.step)))
   t_loop, first_step = time.time(), step
-  while step < total:
-    batch = sharding.global_batch(next(iterator), mesh)
-    state, metrics = trainer.step(state, batch, schedule)
-    step += 1
-    logging = [i for i, c in enumerate(cfgs) if step <= c.steps and (
-        step % c.log_every == 0 or step == c.steps)]
-    if logging:
-      m = jax.device_get(metrics)
-      loss = np.reshape(m["loss"], (k,))
-      per_exit = np.reshape(m["exit_losses"], (k, -1))
-      for i in logging:
-        history[i].append({"step": step, "loss": float(loss[i]),
-                           "exit_losses": [float(x) for x in per_exit[i]]})
-      rate = (step - first_step) * tokens_per_step / (time.time() - t_loop)
-      eta = (total - step) * tokens_per_step / max(rate, 1e-9)
-      exits = " ".join(f"{x:.3f}" for x in per_exit[logging[0]])
-      who = f" member {logging[0]}" if k > 1 else ""
-      log(f"step {step}/{total}{who} loss {loss[logging[0]]:.4f} exits "
-          f"[{exits}] {rate:,.0f} tok/s ETA {eta:.0f}s")
-    evaluating = [i for i, c in enumerate(cfgs)
-                  if c.eval_every and step % c.eval_every == 0 and
-                  step < c.steps]
-    if evaluating:
-      losses_now = np.reshape(_evaluate(trainer, state.params, val), (k, -1))
-      for i in evaluating:
-        evals[i].append({"step": step, "exit_losses": losses_now[i].tolist()})
-    stop = step < total and (preempted.set or (
-        stop_after is not None and step >= stop_after))
-    if (checkpoint_every and step % checkpoint_every == 0) or stop:
-      save(step)
-    if stop:
-      preempted.restore()
-      log(f"stopping after step {step} "
-          f"({'SIGTERM' if preempted.set else 'stop_after'}); checkpoint saved")
-      return {"stopped_at": step, "preempted": preempted.set}
+  batches = _Prefetcher(iterator, mesh)
+  try:
+    while step < total:
+      batch, data_state = batches.next()
+      state, metrics = trainer.step(state, batch, schedule)
+      step += 1
+      logging = [i for i, c in enumerate(cfgs) if step <= c.steps and (
+          step % c.log_every == 0 or step == c.steps)]
+      if logging:
+        m = jax.device_get(metrics)
+        loss = np.reshape(m["loss"], (k,))
+        per_exit = np.reshape(m["exit_losses"], (k, -1))
+        for i in logging:
+          history[i].append({"step": step, "loss": float(loss[i]),
+                             "exit_losses": [float(x) for x in per_exit[i]]})
+        rate = (step - first_step) * tokens_per_step / (time.time() - t_loop)
+        eta = (total - step) * tokens_per_step / max(rate, 1e-9)
+        exits = " ".join(f"{x:.3f}" for x in per_exit[logging[0]])
+        who = f" member {logging[0]}" if k > 1 else ""
+        log(f"step {step}/{total}{who} loss {loss[logging[0]]:.4f} exits "
+            f"[{exits}] {rate:,.0f} tok/s ETA {eta:.0f}s")
+      evaluating = [i for i, c in enumerate(cfgs)
+                    if c.eval_every and step % c.eval_every == 0 and
+                    step < c.steps]
+      if evaluating:
+        now = np.reshape(_evaluate(trainer, state.params, val), (k, -1))
+        for i in evaluating:
+          evals[i].append({"step": step, "exit_losses": now[i].tolist()})
+      stop = step < total and (preempted.set or (
+          stop_after is not None and step >= stop_after))
+      if (checkpoint_every and step % checkpoint_every == 0) or stop:
+        save(step)
+      if stop:
+        preempted.restore()
+        why = "SIGTERM" if preempted.set else "stop_after"
+        log(f"stopping after step {step} ({why}); checkpoint saved")
+        return {"stopped_at": step, "preempted": preempted.set}
+  finally:
+    batches.close()
   preempted.restore()
   # 5. result
   val_losses = np.reshape(_evaluate(trainer, state.params, val), (k, -1))
