@@ -20,6 +20,8 @@ import warnings
 
 import numpy as np
 
+from familial_jax import faults
+
 REQUIRED = ("point_id", "exit_losses", "N", "N_g", "D", "C", "G", "budget",
             "seed", "versions", "corpus")
 CSV_COLUMNS = ("point_id", "params", "tokens", "loss", "granularity", "budget",
@@ -31,7 +33,10 @@ def atomic_write(path: str, text: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
-    f.write(text)
+    f.write(text[:len(text) // 2])
+    f.flush()
+    faults.reach("result")
+    f.write(text[len(text) // 2:])
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)

@@ -21,6 +21,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from familial_jax import faults
 from familial_jax import isoflop
 from familial_jax import plots
 from familial_jax import train
@@ -105,6 +106,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
       log(f"preempted during {ids}; rerun the same command to resume")
       return {"planned": len(points), "ran": ran, "preempted": True,
               "complete": False}
+    faults.reach("record")
     for p, record in zip(group, records):
       record.update(point_id=p.id, budget=p.budget, depth=p.depth,
                     planned_compute=p.compute)

@@ -40,6 +40,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from familial_jax import data as data_lib
+from familial_jax import faults
 from familial_jax import flops
 from familial_jax import losses
 from familial_jax import sharding
@@ -511,6 +512,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state)), force=True)
+    faults.reach("checkpoint")
     manager.wait_until_finished()
 
   # 4. loop (SIGTERM, the usual preemption notice, checkpoints and stops)
@@ -530,6 +532,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
       batch, data_state = batches.next()
       state, metrics = trainer.step(state, batch, schedule)
       step += 1
+      faults.reach("step")
       logging = [i for i, c in enumerate(cfgs) if step <= c.steps and (
           step % c.log_every == 0 or step == c.steps)]
       if logging:
