@@ -97,6 +97,9 @@ class Attention(nn.Module):
     v = dense("value", ("embed", "heads", "kv"), std)(x)
     q = rotary(q, positions, cfg.rope_theta)
     k = rotary(k, positions, cfg.rope_theta)
+    # Kept only when "intermediates" is mutable (relay tests compare caches).
+    self.sow("intermediates", "cached_key", k)
+    self.sow("intermediates", "cached_value", v)
     impl = None if cfg.attention == "auto" else cfg.attention
     y = jax.nn.dot_product_attention(
         q, k, v, is_causal=True, implementation=impl)  # [B, T, N, H]

@@ -1,0 +1,146 @@
+"""Relay decoding against independent references (the training model)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from familial_jax import relay
+from familial_jax.config import ModelConfig
+from familial_jax.model import FamilialLM, extract_submodel, init_params
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=6, n_heads=4, d_ff=64,
+                  max_seq_len=40, exit_layers=(2, 4, 6), tie_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def family():
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  # Sharpen deeper exits more, so that their confidences differ and a
+  # threshold mixes them (untied exits disagree with one another).
+  for g in range(3):
+    unembed = params[f"exits_{g}"]["unembed"]
+    unembed["kernel"] = unembed["kernel"] * 2.0 * (g + 1)
+  prompts = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (3, 7), 0,
+                                          CFG.vocab_size))
+  return params, prompts
+
+
+def _greedy(cfg, params, prompts, n, exit_index=-1):
+  """Reference: full forward over the growing sequence at every step."""
+  tokens = np.asarray(prompts)
+  apply = jax.jit(FamilialLM(cfg).apply)
+  for _ in range(n):
+    logits = apply({"params": params}, jnp.asarray(tokens))[exit_index]
+    tokens = np.concatenate([tokens, np.asarray(logits[:, -1]).argmax(-1)[:,
+                                                                            None]],
+                            1)
+  return tokens
+
+
+def test_never_exiting_early_equals_full_model_greedy(family):
+  params, prompts = family
+  r = relay.Relay(CFG, params, window=4)
+  out = r.decode(prompts, 12, relay.Policy("confidence", threshold=1.01))
+  np.testing.assert_array_equal(out["tokens"], _greedy(CFG, params, prompts,
+                                                       12))
+  assert (out["exits"] == 2).all() and (out["recomputed"] == 0).all()
+
+
+def test_always_exit_one_equals_submodel_greedy(family):
+  params, prompts = family
+  sub_cfg, sub_params = extract_submodel(CFG, params, 0)
+  out = relay.Relay(CFG, params).decode(prompts, 12, relay.Policy("fixed",
+                                                                  index=0))
+  np.testing.assert_array_equal(out["tokens"],
+                                _greedy(sub_cfg, sub_params, prompts, 12))
+  assert (out["exits"] == 0).all()
+  # Only the first tier worked; nothing crossed a link.
+  assert (out["flops"][:, 1:] == 0).all() and (out["bytes"] == 0).all()
+
+
+def _full_kv(params, tokens):
+  _, inter = FamilialLM(CFG).apply({"params": params}, jnp.asarray(tokens),
+                                   mutable=["intermediates"])
+  inter = inter["intermediates"]
+  return [(np.asarray(inter[f"blocks_{l}"]["attn"]["cached_key"][0]),
+           np.asarray(inter[f"blocks_{l}"]["attn"]["cached_value"][0]))
+          for l in range(CFG.n_layers)]
+
+
+def test_mixed_exits_leave_exact_caches_after_recomputation(family):
+  params, prompts = family
+  r = relay.Relay(CFG, params, tier_map=[[0], [1, 2]], window=3)
+  # An entropy threshold inside the range the exits produce mixes them.
+  for threshold in np.linspace(3.0, 0.5, 11):
+    out = r.decode(prompts, 16, relay.Policy("entropy", threshold=threshold))
+    if len(np.unique(out["exits"])) == 3 and out["recomputed"].min() > 0:
+      break
+  else:
+    pytest.fail("no threshold mixed all three exits")
+  state = out["state"]
+  n = int(state["filled"][0].min())
+  full = _full_kv(params, state["tokens"][:, :n])
+
+  def check():
+    for g, layers in enumerate(r.layers):
+      for i, layer in enumerate(layers):
+        kc, vc = (np.asarray(a) for a in state["caches"][g][i])
+        for b in range(len(prompts)):
+          m = int(state["filled"][g][b])
+          np.testing.assert_allclose(kc[b, :m], full[layer][0][b, :m],
+                                     rtol=1e-5, atol=1e-5)
+          np.testing.assert_allclose(vc[b, :m], full[layer][1][b, :m],
+                                     rtol=1e-5, atol=1e-5)
+  check()  # what each segment has filled is exact
+  r.catch_up(state)
+  assert (state["filled"] == state["filled"][0]).all()
+  check()  # and after recomputing every pending position, all of it is
+
+
+def test_accounting_by_hand(family):
+  params, prompts = family
+  r = relay.Relay(CFG, params)
+  n, p = 5, prompts.shape[1]
+  out = r.decode(prompts, n, relay.Policy("fixed", index=2))
+  per_layer = 2 * (4 * 32 * 32 + 3 * 32 * 64)
+  positions = np.arange(p - 1, p - 1 + n)
+  by_tier = [sum(2 * per_layer + 2 * (4 * 32 * (t + 1)) + 2 * 32 * 64
+                 for t in positions)] * 3
+  seg = lambda t: 2 * per_layer + 2 * (4 * 32 * (t + 1))  # 2 layers each
+  # The first tier's prefill covered the prompt (position p - 1 included);
+  # deeper tiers fill the prompt's positions when first reached.
+  prompt = sum(seg(t) for t in range(p - 1))
+  assert out["prefill_flops"][0] == prompt + seg(p - 1)
+  np.testing.assert_allclose(out["flops"][0], [
+      by_tier[0] - seg(p - 1), by_tier[1] + prompt, by_tier[2] + prompt])
+  # Tokens of every step cross both links; the first time a segment runs,
+  # it also computes the prompt's positions (handed over too).
+  d_bytes = 32 * 4
+  assert out["bytes"][0] == 2 * (p + n - 1) * d_bytes
+  assert out["recomputed"][0] == 0
+  prof = r.profile
+  compute = sum(f / s for f, s in zip(out["flops"][0], prof.flops_per_second))
+  links = n * sum(prof.link_latency) + sum(
+      (p + n - 1) * d_bytes / bw for bw in prof.link_bandwidth)
+  np.testing.assert_allclose(out["latency"][0], compute + links, rtol=1e-9)
+
+
+def test_bad_input_is_a_clear_error(family):
+  params, prompts = family
+  for tier_map, match in [([[0], [2]], "skips segment"),
+                          ([[0, 1], [1, 2]], "repeats segment"),
+                          ([[1], [0], [2]], "out of order"),
+                          ([[0], [1], [2], [5]], "segments 0..2")]:
+    with pytest.raises(ValueError, match=match):
+      relay.Relay(CFG, params, tier_map=tier_map)
+  r = relay.Relay(CFG, params)
+  with pytest.raises(ValueError, match="exceed the model's context"):
+    r.decode(np.zeros((1, 35), np.int32), 10, relay.Policy())
+  other = init_params(CFG.with_exits((3, 6)), jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="another model"):
+    relay.Relay(CFG, other)
+  with pytest.raises(ValueError, match="unknown exit policy"):
+    relay.Policy("greedy")
+  with pytest.raises(ValueError, match="no training run"):
+    relay.load_family("/nonexistent")
