@@ -1,5 +1,10 @@
 """Relay decoding against independent references (the training model)."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +14,7 @@ from familial_jax import relay
 from familial_jax.config import ModelConfig
 from familial_jax.model import FamilialLM, extract_submodel, init_params
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=6, n_heads=4, d_ff=64,
                   max_seq_len=40, exit_layers=(2, 4, 6), tie_embeddings=False)
 
@@ -144,3 +150,45 @@ def test_bad_input_is_a_clear_error(family):
     relay.Policy("greedy")
   with pytest.raises(ValueError, match="no training run"):
     relay.load_family("/nonexistent")
+
+
+DOCS = "/usr/share/doc/linux-doc-6.1/Documentation"
+
+
+@pytest.mark.skipif(not os.path.isdir(DOCS), reason="default corpus absent")
+def test_relay_binary_on_a_trained_family(tmp_path):
+  from familial_jax import train
+  from familial_jax.config import DataConfig, TrainConfig
+  cfg = TrainConfig(
+      model=ModelConfig(vocab_size=256, d_model=32, n_layers=3, n_heads=4,
+                        d_ff=64, max_seq_len=32).with_uniform_exits(3),
+      data=DataConfig(path=os.path.join(DOCS, "process"), val_fraction=0.1),
+      seq_len=32, batch_size=8, steps=40, warmup_steps=4, eval_windows=8,
+      mesh_shape=(1, 1, 1))
+  workdir = tmp_path / "family"
+  train.run(cfg, str(workdir), log=lambda s: None)
+  out = tmp_path / "relay"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "relay.py"),
+       f"--workdir={workdir}", f"--output={out}", "--prompts=4",
+       "--prompt_len=12", "--new_tokens=8", "--tiers=0;1,2",
+       "--thresholds=0.1,0.5,1.01"], capture_output=True, text=True,
+      timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = json.loads((out / "relay.json").read_text())["rows"]
+  flops = [r["flops_per_token"] for r in rows]
+  latency = [r["latency_ms_per_token"] for r in rows]
+  assert flops == sorted(flops) and latency == sorted(latency)
+  assert rows[-1]["agreement"] == 1.0 and rows[-1]["mean_exit"] == 3.0
+  assert (out / "tradeoff.png").stat().st_size > 10_000
+  # A checkpoint that does not match its config is refused clearly.
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["model"]["d_ff"] = 96
+  (workdir / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match="another model"):
+    relay.load_family(str(workdir))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "relay.py"),
+       f"--workdir={workdir}", "--tiers=0;2"], capture_output=True,
+      text=True, timeout=600, check=False)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
