@@ -4,33 +4,17 @@ checks on its results, and the tally of what was injected."""
 import os
 import subprocess
 import sys
-import textwrap
 
 from familial_jax.results import ResultsStore
+from tests import test_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 DOCS = "/usr/share/doc/linux-doc-6.1/Documentation"
 
-MICRO = textwrap.dedent(f"""
-    import ml_collections
-
-    def get_config():
-      c = ml_collections.ConfigDict()
-      c.budgets = (4e8, 1.2e9)
-      c.granularities = (1, 2)
-      c.depths = (2,)
-      c.ladder = ml_collections.ConfigDict(dict(
-          vocab_size=256, seq_len=32, aspect_ratio=8.0, head_dim=8))
-      c.data = ml_collections.ConfigDict(dict(
-          source="default", path="{DOCS}/process", val_fraction=0.1))
-      c.batch_size = 4
-      c.min_steps = 10
-      c.mesh_shape = (1, 1, 1)
-      c.eval_windows = 16
-      c.n_boot = 0
-      return c
-    """)
+# The micro sweep of tests/test_sweep.py with one depth: 4 points.
+MICRO = test_sweep.MICRO.replace("c.depths = (2, 3)", "c.depths = (2,)")
+assert MICRO != test_sweep.MICRO
 
 # Tally of what the suite injected and verified, printed at the end of the
 # session (RELIABILITY.md quotes it).
