@@ -275,7 +275,9 @@ class Relay:
           "fewer tokens.")
     if prompts.min() < 0 or prompts.max() >= cfg.vocab_size:
       raise ValueError(f"prompt tokens must lie in [0, {cfg.vocab_size}).")
-    b, t = prompts.shape[0], max_len + 1  # row max_len is scratch
+    # Caches always span the model's context (row max_seq_len is scratch), so
+    # every decode of one batch size runs the same compiled programs.
+    b, t = prompts.shape[0], cfg.max_seq_len + 1
     dt = jnp.dtype(cfg.dtype)
     kv = lambda: (jnp.zeros((b, t, cfg.n_heads, cfg.head_dim), dt),
                   jnp.zeros((b, t, cfg.n_heads, cfg.head_dim), dt))
@@ -284,7 +286,7 @@ class Relay:
     return {"tokens": tokens, "filled": np.zeros((self.G, b), np.int64),
             "caches": [[kv() for _ in self.layers[g]] for g in range(self.G)],
             "hidden": [jnp.zeros((b, t, cfg.d_model), dt)
-                       for _ in range(self.G)], "max_len": max_len}
+                       for _ in range(self.G)], "scratch": cfg.max_seq_len}
 
   def advance(self, state: dict, g: int, upto: np.ndarray, acct: dict
               ) -> None:
@@ -300,7 +302,7 @@ class Relay:
       c = self.window
       pos = filled[g][:, None] + np.arange(c)[None, :]
       valid = np.arange(c)[None, :] < todo[:, None]
-      pos = np.where(valid, pos, state["max_len"])
+      pos = np.where(valid, pos, state["scratch"])
       if g == 0:
         tok = jnp.asarray(state["tokens"][b_idx[:, None], pos])
         x = jnp.take(embed, tok, axis=0).astype(self.cfg.dtype) * jnp.asarray(
@@ -310,7 +312,7 @@ class Relay:
       out, state["caches"][g] = self._segment[g](
           self.params, x, jnp.asarray(pos, jnp.int32), jnp.asarray(valid),
           state["caches"][g])
-      slot = jnp.asarray(np.where(valid, pos, state["max_len"]))
+      slot = jnp.asarray(np.where(valid, pos, state["scratch"]))
       state["hidden"][g] = state["hidden"][g].at[b_idx[:, None], slot].set(out)
       n = valid.sum(1)
       flops = np.where(valid, self.segment_flops(g, pos), 0).sum(1)

@@ -53,6 +53,17 @@ def test_never_exiting_early_equals_full_model_greedy(family):
   assert (out["exits"] == 2).all() and (out["recomputed"] == 0).all()
 
 
+def test_each_segment_compiles_once(family):
+  params, prompts = family
+  r = relay.Relay(CFG, params, window=4)
+  r.decode(prompts, 6, relay.Policy("entropy", threshold=3.0))
+  r.decode(prompts[:, :4], 11, relay.Policy("fixed", index=2))
+  r.decode(prompts, 9, relay.Policy("confidence", threshold=0.5),
+           forced=np.zeros((3, 16), np.int32))
+  assert [f._cache_size() for f in r._segment] == [1, 1, 1]
+  assert [f._cache_size() for f in r._exit] == [1, 1, 1]
+
+
 def test_always_exit_one_equals_submodel_greedy(family):
   params, prompts = family
   sub_cfg, sub_params = extract_submodel(CFG, params, 0)
