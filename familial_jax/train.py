@@ -232,6 +232,24 @@ def build(cfg: TrainConfig, mesh: jax.sharding.Mesh,
   return Trainer(cfg, mesh, model, tx, state_sharding, init, step, evaluate)
 
 
+_TRAINERS: dict = {}
+
+
+def _trainer_for(cfg: TrainConfig, mesh: jax.sharding.Mesh,
+                 members: int) -> Trainer:
+  """`build`, reused across runs that differ only in what `build` ignores
+  (length, schedule, seed, data, cadence): the IsoFLOP points of one shape in
+  a sweep then share jitted functions, so they neither retrace nor reload
+  compiled programs."""
+  key = (cfg.model, cfg.seq_len, cfg.batch_size, cfg.grad_clip, cfg.b1,
+         cfg.b2, cfg.weight_decay, cfg.weights, cfg.loss_chunk, mesh, members)
+  if key not in _TRAINERS:
+    if len(_TRAINERS) >= 8:
+      _TRAINERS.pop(next(iter(_TRAINERS)))
+    _TRAINERS[key] = build(cfg, mesh, members)
+  return _TRAINERS[key]
+
+
 class Data(NamedTuple):
   """A loaded corpus: token streams plus what every result records of it."""
 
@@ -496,7 +514,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
                                    jax.process_count())
   # 2. mesh
   mesh = sharding.make_mesh(base.mesh_shape)
-  trainer = build(base, mesh, members=k)
+  trainer = _trainer_for(base, mesh, k)
   _check_workdir(workdir, cfgs)
   # 3. state
   manager = ocp.CheckpointManager(
