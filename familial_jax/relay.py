@@ -288,6 +288,11 @@ class Relay:
             "hidden": [jnp.zeros((b, t, cfg.d_model), dt)
                        for _ in range(self.G)], "scratch": cfg.max_seq_len}
 
+  def _accounts(self, batch: int) -> dict:
+    """Per-request totals that `advance` adds to."""
+    return {"flops": np.zeros((batch, self.n_tiers)), "bytes": np.zeros(batch),
+            "time": np.zeros(batch)}
+
   def advance(self, state: dict, g: int, upto: np.ndarray, acct: dict
               ) -> None:
     """Computes segment g for every request b at positions
@@ -312,8 +317,7 @@ class Relay:
       out, state["caches"][g] = self._segment[g](
           self.params, x, jnp.asarray(pos, jnp.int32), jnp.asarray(valid),
           state["caches"][g])
-      slot = jnp.asarray(np.where(valid, pos, state["scratch"]))
-      state["hidden"][g] = state["hidden"][g].at[b_idx[:, None], slot].set(out)
+      state["hidden"][g] = state["hidden"][g].at[b_idx[:, None], pos].set(out)
       n = valid.sum(1)
       flops = np.where(valid, self.segment_flops(g, pos), 0).sum(1)
       tier = self.tier_of[g]
@@ -325,7 +329,6 @@ class Relay:
         acct["bytes"] += moved
         acct["time"] += np.where(n > 0, self.profile.link_latency[link] +
                                  moved / self.profile.link_bandwidth[link], 0)
-      acct["positions"] += n
       filled[g] += n
 
   def decode(self, prompts: np.ndarray, new_tokens: int, policy: Policy, *,
@@ -361,11 +364,10 @@ class Relay:
       if forced.shape != (b, p + new_tokens):
         raise ValueError(f"forced text must have shape {(b, p + new_tokens)},"
                          f" got {forced.shape}.")
-    acct = {"flops": np.zeros((b, self.n_tiers)), "bytes": np.zeros(b),
-            "positions": np.zeros(b, np.int64), "time": np.zeros(b)}
+    acct = self._accounts(b)
     self.advance(state, 0, np.full(b, p), acct)  # prefill on the first tier
     prefill_flops = acct["flops"][:, 0].copy()
-    acct = {k: np.zeros_like(v) for k, v in acct.items()}
+    acct = self._accounts(b)
     exits = np.zeros((b, new_tokens), np.int64)
     nll = np.zeros((b, new_tokens))
     recomputed = np.zeros(b, np.int64)
@@ -431,8 +433,7 @@ class Relay:
 
   def catch_up(self, state: dict) -> None:
     """Brings every segment to the depth of the first (for tests/analysis)."""
-    acct = {"flops": np.zeros((state["filled"].shape[1], self.n_tiers)),
-            "bytes": 0.0, "positions": 0, "time": 0.0}
+    acct = self._accounts(state["filled"].shape[1])
     for g in range(1, self.G):
       self.advance(state, g, state["filled"][0], acct)
 
