@@ -84,8 +84,9 @@ def main(argv):
   points, dropped = isoflop.plan(sweep)
   useful = sum(p.compute for p in points)
   groups = isoflop.groups(points, len(sweep.budgets))
-  padded = sum(len(g) * max(p.compute / p.train.steps * max(
-      q.train.steps for q in g) for p in g[:1]) for g in groups)
+  # Every member of a group runs as many steps as its longest member.
+  padded = sum(p.compute / p.train.steps * max(q.train.steps for q in g)
+               for g in groups for p in g)
   print(f"device {device.device_kind}; {len(points)} points "
         f"({len(dropped)} dropped), {len(groups)} shape groups; planned "
         f"{useful:.3e} FLOPs (grouped path computes {padded / useful:.2f}x "

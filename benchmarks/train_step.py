@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from familial_jax import flops
+from familial_jax import losses
 from familial_jax import sharding
 from familial_jax import train
 from familial_jax.config import ModelConfig, TrainConfig
@@ -222,7 +223,7 @@ def main(argv):
     fpt = flops.flops_per_token(cfg, seq_len).train
     tok_s = batch * seq_len / seconds
     row = {"name": label, "impl": impl, "shape": name, "G": g, "remat": remat,
-           "loss_chunk": chunk or train.losses.chunk_size(batch, seq_len, vocab),
+           "loss_chunk": chunk or losses.chunk_size(batch, seq_len, vocab),
            "d_model": cfg.d_model, "layers": cfg.n_layers,
            "train_flops_per_token": fpt, "seconds_per_step": seconds,
            "compile_seconds": first, "tokens_per_second": tok_s,

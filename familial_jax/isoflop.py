@@ -211,8 +211,8 @@ def groups(points: Sequence[SweepPoint], size: int
   from familial_jax import train  # pylint: disable=g-import-not-at-top
   by_shape: dict[str, list[SweepPoint]] = {}
   for p in points:
-    key = repr(sorted((k, repr(v)) for k, v in p.train.to_dict().items()
-                      if k not in train.GROUP_FREE))
+    key = repr(sorted((k, repr(v))
+                      for k, v in train.group_key(p.train).items()))
     by_shape.setdefault(key, []).append(p)
   out = []
   for members in by_shape.values():

@@ -149,11 +149,3 @@ def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array,
   b, t = targets.shape
   n = t // chunk_size(b, t, w.shape[1], chunk)
   return _ce_sum(h, w, targets.astype(jnp.int32), n) / (b * t)
-
-
-def naive_cross_entropy(h: jax.Array, w: jax.Array,
-                        targets: jax.Array) -> jax.Array:
-  """The same loss with full float32 logits (reference and fallback)."""
-  z = _dot("btd,dv->btv", h, w.astype(h.dtype), _acc(h.dtype))
-  lse = jax.nn.logsumexp(z, axis=-1)
-  return (lse - jnp.take_along_axis(z, targets[..., None], -1)[..., 0]).mean()

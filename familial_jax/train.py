@@ -296,14 +296,13 @@ _CADENCE = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 def _check_workdir(workdir: str, cfgs: Sequence[TrainConfig]) -> None:
   """Refuses a workdir that holds a run of another config (or group)."""
   path = os.path.join(workdir, "config.json")
-  dicts = [{k: v for k, v in c.to_dict().items() if k not in _CADENCE}
-           for c in cfgs]
+  strip = lambda d: {k: v for k, v in d.items() if k not in _CADENCE}
+  dicts = [strip(c.to_dict()) for c in cfgs]
   mine = json.loads(json.dumps(dicts[0] if len(dicts) == 1 else
                                {"group": dicts}))
   if os.path.exists(path):
     with open(path) as f:
       theirs = json.load(f)
-    strip = lambda d: {k: v for k, v in d.items() if k not in _CADENCE}
     if "group" in theirs:
       theirs = {"group": [strip(d) for d in theirs["group"]]}
     else:
@@ -437,13 +436,18 @@ GROUP_FREE = ("steps", "warmup_steps", "learning_rate", "min_lr_ratio",
               "log_every", "checkpoint_every", "eval_every")
 
 
+def group_key(cfg: TrainConfig) -> dict:
+  """What the members of one group must share: the config minus GROUP_FREE."""
+  return {k: v for k, v in cfg.to_dict().items() if k not in GROUP_FREE}
+
+
 def check_group(cfgs: Sequence[TrainConfig]) -> None:
   """Raises ValueError unless the configs can train in one vmapped program."""
   if not cfgs:
     raise ValueError("a group needs at least one TrainConfig.")
-  base = {k: v for k, v in cfgs[0].to_dict().items() if k not in GROUP_FREE}
+  base = group_key(cfgs[0])
   for i, c in enumerate(cfgs[1:], start=1):
-    other = {k: v for k, v in c.to_dict().items() if k not in GROUP_FREE}
+    other = group_key(c)
     if other != base:
       diff = sorted(k for k in base if base[k] != other[k])
       raise ValueError(
