@@ -13,7 +13,8 @@ from scipy import optimize
 
 from familial_jax import laws
 from familial_jax.flops import ShapeLadder
-from familial_jax.laws.fitting import predict_log, prepare, solver
+from familial_jax.laws import fitting
+from familial_jax.laws.fitting import predict_log, prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(REPO, "..", "shared", "reference_data",
@@ -108,15 +109,52 @@ def test_forms_match_their_closed_forms():
   assert form.to_natural(form.from_natural(TRUE)) == pytest.approx(TRUE)
 
 
+@pytest.mark.parametrize("form", ["chinchilla", "multiplicative", "reducible"])
+def test_objective_gradient_matches_the_plain_formula(form):
+  """The hand-written JVPs (log-sum-exp, Huber) against plain autodiff."""
+  import jax
+  _, x, y = prepare(synthetic_table(), form)
+  rng = np.random.default_rng(1)
+  w = rng.uniform(0, 2, len(y))
+
+  def plain(theta):
+    e, a, b, al, be = (theta[i] for i in range(5))
+    ga = theta[5] if len(theta) > 5 else 0.0
+    ln, ld, lg = x[:, 0], x[:, 1], x[:, 2]
+    if form == "reducible":
+      terms = [e + 0 * ln, a - al * ln + ga * lg, b - be * ld + ga * lg]
+      pred = jax.nn.logsumexp(jnp.stack(terms), axis=0)
+    else:
+      pred = jax.nn.logsumexp(jnp.stack([e + 0 * ln, a - al * ln, b - be * ld]),
+                              axis=0) + ga * lg
+    r = pred - y
+    return jnp.sum(w * jnp.where(jnp.abs(r) <= 1e-3, 0.5 * r * r,
+                                 1e-3 * (jnp.abs(r) - 5e-4)))
+
+  n_params = laws.get_form(form).n_params
+  objective = fitting._objective(form, 1e-3)
+  with jax.enable_x64(True):
+    for theta in rng.uniform([0, 4, 6, 0.2, 0.2, -0.1][:n_params],
+                             [1, 7, 9, 0.6, 0.6, 0.1][:n_params],
+                             (5, n_params)):
+      theta = jnp.asarray(theta)
+      got = jax.value_and_grad(objective)(theta, x, y, w)
+      want = jax.value_and_grad(plain)(theta)
+      np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+      np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-15)
+
+
 def test_fit_leaves_global_x64_alone_and_reuses_compiled_solver():
   small = synthetic_table()
   laws.fit(small, "multiplicative", refine_top=2)
   subset = {k: v[:40] for k, v in small.items()}
   laws.fit(subset, "multiplicative", refine_top=2)  # 40 and 100 points
+  laws.fit(subset, "multiplicative", refine_top=2)
   assert jnp.ones(1).dtype == jnp.float32
-  solve = solver("multiplicative", 1e-3, "jaxopt", 1000, 1e-10)
-  # 40 points and 100 points pad to 64 and 128: two shapes, no more.
-  assert solve._cache_size() == 2
+  # 40 points and 100 points pad to 64 and 128: two compiled solves, no more.
+  key = ("multiplicative", 1e-3, "jaxopt", 1000, 1e-10)
+  shapes = sorted(k[-1] for k in fitting._COMPILED if k[:5] == key)
+  assert shapes == [64, 128]
 
 
 @pytest.mark.parametrize("mutate, message", [
