@@ -142,6 +142,7 @@ def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
       sweep.budgets) >= 5 else "point")
   report["analysis"] = report_lib.analyse(report, table, sweep.ladder,
                                           sweep.budgets, sweep.granularities)
+  report["claims"] = report_lib.claims(report, table, sweep.ladder)
   atomic_write(os.path.join(workdir, "fits.json"),
                json.dumps(report, indent=1, default=float))
   log(report_lib.format_report(report))

@@ -603,6 +603,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
       "devices": [str(d) for d in jax.devices()],
       "mesh": dict(mesh.shape),
       "wall_seconds": time.time() - start,
+      "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
   }
   if k > 1:
     shared["group_size"] = k

@@ -286,3 +286,52 @@ def test_fit_law_binary_unknown_form(tmp_path):
       timeout=300)
   assert proc.returncode != 0 and "quadratic" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_claims_check_against_hand_computed_ratios():
+  """report.claims pairs models of one budget and depth and computes the
+  observed ratios by hand-checkable arithmetic; verdicts follow thresholds."""
+  from familial_jax.laws import report as report_lib
+  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
+                       head_dim=8)
+  params = {"E": 1.5, "A": 30.0, "B": 33.6, "alpha": 0.3, "beta": 0.3,
+            "gamma": 0.01}
+  law = laws.get_form("multiplicative")
+  rows = []
+  # One budget, two depths: a dense model and a G = 2 family at each, the
+  # family on 10% fewer tokens (its exit heads cost FLOPs).
+  for n, loss_dense, fam in [(1e5, 3.0, (3.3, 3.09)), (2e5, 2.8, (3.1, 2.9))]:
+    rows.append(dict(params=n, tokens=1e6, loss=loss_dense, granularity=1,
+                     budget=1e12, exit=1, exit_params=n))
+    for g, loss in enumerate(fam, 1):
+      rows.append(dict(params=n + 64, tokens=9e5, loss=loss, granularity=2,
+                       budget=1e12, exit=g, exit_params=n * g / 2))
+  table = {k: np.array([r[k] for r in rows], float) for k in rows[0]}
+  report = {"fits": {
+      "multiplicative": {"params": params, "huber_delta": 1e-3,
+                         "objective": 0.0, "converged": True, "grad_norm": 0.0,
+                         "n_points": 6, "n_starts": 1,
+                         "bootstrap": {"intervals": {"gamma": [0.0, 0.02]}}},
+      "branch": {"params": dict(params, gamma=0.03),
+                 "bootstrap": {"intervals": {"gamma": [0.02, 0.04]}}}},
+      "selected_form": "multiplicative",
+      "analysis": {"efficiency_leverage": {"2": [
+          {"budget": 1e11, "loss_ratio": 1.2}, {"budget": 1e13,
+                                                "loss_ratio": 1.1}]}}}
+  claims = {c["claim"].split()[0]: c for c in report_lib.claims(
+      report, table, ladder)}
+  gamma = claims["gamma"]
+  assert gamma["verdict"].startswith("holds")
+  family = [(3.3 + 3.09) / 2 / 3.0, (3.1 + 2.9) / 2 / 2.8]
+  assert f"family/dense loss {np.mean(family):.3f}" in gamma["observed"]
+  assert claims["Efficiency"]["verdict"] == "holds"
+  upstream = claims["upstream"]
+  deepest = [3.09 / 3.0, 2.9 / 2.8]
+  assert f"same budget and depth: mean {np.mean(deepest):.4f}" in (
+      upstream["observed"])
+  same_tokens = [3.09 / law.predict(params, 1e5, 9e5, 1),
+                 2.9 / law.predict(params, 2e5, 9e5, 1)]
+  assert f"own tokens: mean {np.mean(same_tokens):.4f}" in upstream["observed"]
+  assert 1.02 < np.mean(same_tokens) < 1.04  # the law as chosen above
+  assert upstream["verdict"].startswith("does not hold")
+  assert "0.0300 [0.0200, 0.0400]" in upstream["fitted"]

@@ -127,7 +127,7 @@ def test_learns_below_a_data_derived_threshold(tmp_path):
   assert max(record["exit_losses"]) < bigram < unigram - 0.5
   # The result record carries everything a scaling-law fit needs.
   for key in ("N", "N_g", "D", "C", "G", "seed", "versions", "corpus",
-              "tokenizer", "wall_seconds"):
+              "tokenizer", "wall_seconds", "finished_utc"):
     assert key in record
   assert record["D"] == 300 * 16 * 64
   assert record["corpus"]["sha256"] == data.default_corpus().sha256

@@ -97,7 +97,8 @@ def analyse(report: dict, table, ladder, budgets, granularities) -> dict:
                    "compute_ratio": el["compute_ratio"]})
     leverage[str(g)] = rows
   return {"form": form, "budgets": grid.tolist(), "compute_optimal": optimal,
-          "efficiency_leverage": leverage}
+          "efficiency_leverage": leverage,
+          "sweep_budgets": [float(c) for c in budgets]}
 
 
 def format_report(report: dict) -> str:
@@ -154,6 +155,182 @@ def markdown(report: dict, figures: dict[str, str], root: str) -> str:
                f"**{report['selected_form']}**.")
   out.append("Intervals: bootstrap percentile intervals (see fits.json).")
   out.append("")
+  alloc = allocation_rows(report, report.get("analysis", {}).get(
+      "sweep_budgets", []))
+  if alloc:
+    out += ["## Compute-optimal allocation (fitted "
+            f"{report['analysis']['form']} law, along the ladder)", "",
+            "| G | C | N* | D* | D*/N* | predicted loss |", "|---" * 6 + "|"]
+    out += [f"| {r['G']} | {r['budget']:.3g} | {r['params']:,.0f} | "
+            f"{r['tokens']:,.0f} | {r['tokens_per_param']:.2f} | "
+            f"{r['loss']:.4f} |" for r in alloc]
+    out.append("")
+  if report.get("claims"):
+    out += ["## The paper's claims against this sweep", "",
+            "| claim | fitted | observed | verdict |", "|---" * 4 + "|"]
+    out += [f"| {c['claim']} | {c['fitted']} | {c['observed']} | "
+            f"{c['verdict']} |" for c in report["claims"]]
+    out.append("")
   for name, path in figures.items():
     out += [f"## {name}", "", f"![{name}]({os.path.relpath(path, root)})", ""]
   return "\n".join(out)
+
+
+# Thresholds of the claims check (stated in report.md next to each verdict).
+SMALL_GAMMA = 0.05   # 95% upper bound of gamma: at most 11% more loss at G = 8
+SMALL_BRANCH = 0.01  # |observed deepest-exit ratio - 1| counted as "no harm"
+
+
+def _models(table) -> dict:
+  """Per-exit rows grouped by model: {(budget, N, G): {exit: row}}."""
+  t = table_lib.as_table(table)
+  budget = table_lib.budgets_of(t)
+  models = {}
+  for i in range(len(t["loss"])):
+    key = (float(budget[i]), float(t["params"][i]), int(t["granularity"][i]))
+    exit_ = int(t["exit"][i]) if "exit" in t else 1
+    models.setdefault(key, {})[exit_] = {k: float(v[i]) for k, v in t.items()}
+  return models
+
+
+def _dense_partner(models, key, rtol=0.01):
+  """The G = 1 model of the same budget whose N is within rtol of key's N
+  (one depth: a family's N exceeds the dense N only by its exit norms)."""
+  c, n, _ = key
+  best = min(((abs(np.log(k[1] / n)), k) for k in models
+              if k[0] == c and k[2] == 1), default=None)
+  return models[best[1]] if best and best[0] <= rtol else None
+
+
+def claims(report: dict, table, ladder) -> list[dict]:
+  """The paper's three claims, checked against a sweep's fits and raw data.
+
+  Each entry: {"claim", "fitted", "observed", "verdict"} (plain text).
+  Observed comparisons pair models of one budget and one depth (N within 1%)
+  that differ only in G (the G-exit family trains on fewer tokens, its exit heads cost
+  FLOPs: that is the IsoFLOP comparison the paper makes).
+  """
+  out = []
+  fits = report["fits"]
+  form = law_for_analysis(report)
+  models = _models(table)
+  dense = {k: _dense_partner(models, k) for k in models if k[2] > 1}
+  dense = {k: v for k, v in dense.items() if v is not None}
+  gs = sorted({k[2] for k in models if k[2] > 1})
+
+  # 1. gamma is small.
+  if form is not None:
+    entry = fits[form]
+    gamma = entry["params"]["gamma"]
+    lo, hi = entry.get("bootstrap", {}).get("intervals", {}).get(
+        "gamma", (float("nan"), float("nan")))
+    g_max = max(gs) if gs else 1
+    ratios = {g: [] for g in gs}
+    for key, partner in dense.items():
+      fam = np.mean([r["loss"] for r in models[key].values()])
+      ratios[key[2]].append(fam / partner[1]["loss"])
+    observed = "; ".join(
+        f"G = {g}: family/dense loss {np.mean(r):.3f} (range {np.min(r):.3f} "
+        f"to {np.max(r):.3f}, {len(r)} pairs)" for g, r in ratios.items() if r)
+    verdict = ("holds" if hi < SMALL_GAMMA else
+               "does not hold" if lo >= SMALL_GAMMA else "undecided")
+    out.append({
+        "claim": "gamma is small (granularity is nearly free)",
+        "fitted": f"{form}: gamma = {gamma:.4f} [{lo:.4f}, {hi:.4f}]; "
+                  f"G^gamma at G = {g_max}: {g_max ** gamma:.3f} "
+                  f"[{g_max ** lo:.3f}, {g_max ** hi:.3f}]",
+        "observed": observed,
+        "verdict": f"{verdict} (threshold: 95% upper bound < {SMALL_GAMMA})"})
+
+  # 2. Efficiency Leverage > 1, most in low compute.
+  lev = report.get("analysis", {}).get("efficiency_leverage", {})
+  if form is not None and lev:
+    result = _result(report, form)
+    parts, ok, low_most = [], True, True
+    for g, rows in lev.items():
+      el = np.array([r["loss_ratio"] for r in rows])
+      c = np.array([r["budget"] for r in rows])
+      ok &= bool(np.all(el > 1))
+      low_most &= bool(el[0] > el[-1])
+      parts.append(f"G = {g}: {el[0]:.3f} at C = {c[0]:.2g} to {el[-1]:.3f} "
+                   f"at C = {c[-1]:.2g}")
+    observed = []
+    for g in gs:
+      per_budget = {}
+      for (c, _, gg), exits in models.items():
+        if gg != g:
+          continue
+        rows = [exits[e] for e in sorted(exits)]
+        el = analysis.efficiency_leverage(
+            result, rows[0]["params"], [r["exit_params"] for r in rows],
+            rows[0]["tokens"], g, ladder,
+            family_loss=float(np.mean([r["loss"] for r in rows])))
+        per_budget.setdefault(c, []).append(el["loss_ratio"])
+      observed.append(f"G = {g}: " + ", ".join(
+          f"{np.mean(v):.3f}" for c, v in sorted(per_budget.items())))
+    budgets = sorted({k[0] for k in models})
+    verdict = ("holds" if ok and low_most else
+               "EL > 1 holds, but it does not fall with compute" if ok else
+               "does not hold")
+    out.append({
+        "claim": "Efficiency Leverage > 1, largest at low compute",
+        "fitted": "loss ratio along the compute-optimal ladder, " +
+                  "; ".join(parts),
+        "observed": "observed family loss against the law's dense "
+                    "alternative, mean per budget ("
+                    + ", ".join(f"{c:.2g}" for c in budgets) + "): "
+                    + "; ".join(observed),
+        "verdict": verdict})
+
+  # 3. Upstream branches do not hurt later exits.
+  if gs:
+    ratios = [models[k][max(models[k])]["loss"] / partner[1]["loss"]
+              for k, partner in dense.items()]
+    # The family sees fewer tokens than its IsoFLOP partner (its exit heads
+    # cost FLOPs); against the fitted dense law at the family's own tokens
+    # only the upstream exits differ.
+    same_d = []
+    if form is not None:
+      law = _result(report, form)
+      same_d = [models[k][max(models[k])]["loss"] / np.squeeze(law.predict(
+          partner[1]["params"], models[k][max(models[k])]["tokens"], 1))
+                for k, partner in dense.items()]
+    mean = float(np.mean(same_d or ratios)) if ratios else float("nan")
+    fitted = ""
+    if "branch" in fits:
+      b = fits["branch"]
+      lo, hi = b.get("bootstrap", {}).get("intervals", {}).get(
+          "gamma", (float("nan"), float("nan")))
+      fitted = (f"branch law: exponent of g = {b['params']['gamma']:.4f} "
+                f"[{lo:.4f}, {hi:.4f}]")
+    verdict = ("holds" if abs(mean - 1) <= SMALL_BRANCH else
+               "does not hold: the deepest exit is worse" if mean > 1 else
+               "holds: the deepest exit is even better")
+    out.append({
+        "claim": "upstream branches do not hurt later exits",
+        "fitted": fitted,
+        "observed": (f"deepest exit of a G > 1 family over the dense model "
+                     f"of the same budget and depth: mean {np.mean(ratios):.4f}"
+                     f" (range {np.min(ratios):.4f} to {np.max(ratios):.4f}, "
+                     f"{len(ratios)} pairs)" + (
+                         f"; over the fitted dense law at the family's own "
+                         f"tokens: mean {np.mean(same_d):.4f} (range "
+                         f"{np.min(same_d):.4f} to {np.max(same_d):.4f})"
+                         if same_d else "")) if ratios else "no pairs",
+        "verdict": f"{verdict} (threshold: within {SMALL_BRANCH:.0%} of 1"
+                   + (", at equal tokens)" if same_d else ")")})
+  return out
+
+
+def allocation_rows(report: dict, budgets) -> list[dict]:
+  """N*, D* and D*/N* per G at the given budgets (from report["analysis"])."""
+  a = report.get("analysis", {})
+  rows = []
+  for g, opt in a.get("compute_optimal", {}).items():
+    for c in budgets:
+      i = int(np.argmin(np.abs(np.log(np.asarray(opt["budget"])) - np.log(c))))
+      rows.append({"G": int(g), "budget": opt["budget"][i],
+                   "params": opt["params"][i], "tokens": opt["tokens"][i],
+                   "tokens_per_param": opt["tokens"][i] / opt["params"][i],
+                   "loss": opt["loss"][i]})
+  return rows
