@@ -157,6 +157,20 @@ def test_fit_leaves_global_x64_alone_and_reuses_compiled_solver():
   assert shapes == [64, 128]
 
 
+def test_fits_from_several_threads_equal_one_fit():
+  """The fit's thread pool and compile cache are safe to share: fits called
+  from four threads at once give the single-threaded result."""
+  import concurrent.futures
+  small = {k: v[:60] for k, v in synthetic_table(seed=3).items()}
+  want = laws.fit(small, "reducible", refine_top=4)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    got = list(pool.map(lambda _: laws.fit(small, "reducible", refine_top=4),
+                        range(4)))
+  for r in got:
+    np.testing.assert_array_equal(r.raw, want.raw)
+    assert r.objective == want.objective
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda t: t["loss"].__setitem__(3, -1.0), "'loss' must be finite and > 0"),
     (lambda t: t["tokens"].__setitem__(0, np.nan), "'tokens' must be finite"),

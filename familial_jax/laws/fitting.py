@@ -234,17 +234,24 @@ def solver(form_name: str, delta: float, backend: str, maxiter: int,
   return solve
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 _COMPILED: dict[tuple, concurrent.futures.Future] = {}
 
 
-@functools.lru_cache(maxsize=None)
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
 def _pool() -> concurrent.futures.ThreadPoolExecutor:
   # XLA:CPU runs these tiny programs on one core and releases the GIL, so
-  # refines from different starts run side by side on a small pool.
-  return concurrent.futures.ThreadPoolExecutor(
-      max_workers=max(2, min(4, os.cpu_count() or 1)),
-      thread_name_prefix="familial_jax-fit")
+  # refines from different starts run side by side on a small pool (one per
+  # process: a forked child does not inherit the parent's threads).
+  with _LOCK:
+    pid = os.getpid()
+    if pid not in _POOLS:
+      _POOLS[pid] = concurrent.futures.ThreadPoolExecutor(
+          max_workers=max(2, min(4, os.cpu_count() or 1)),
+          thread_name_prefix="familial_jax-fit")
+    return _POOLS[pid]
 
 
 def _compiled_solver(key: tuple, n_params: int, n_points: int):
