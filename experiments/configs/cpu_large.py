@@ -1,0 +1,34 @@
+r"""The largest IsoFLOP sweep this project runs on 2 CPU cores (about 1.5 hours).
+
+Stands in for the gpu_h100 sweep when no GPU is lent (issue 8): 5 budgets
+(4e10 to 1.44e12 FLOPs) x G in {1, 2, 4, 8} x 5 sizes (depth 8 to 16 at
+d_model = 3 x depth, so G = 8 is allowed at every size; N = 56k to 444k),
+byte-level tokens of the default corpus; 100 trainings:
+
+  python experiments/sweep.py --config=experiments/configs/cpu_large.py \
+      --workdir=runs/cpu_large [--dry_run]
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.budgets = (4e10, 1.2e11, 3.6e11, 7.2e11, 1.44e12)
+  c.granularities = (1, 2, 4, 8)
+  c.depths = (8, 10, 12, 14, 16)
+  c.ladder = ml_collections.ConfigDict(dict(
+      vocab_size=256, seq_len=64, aspect_ratio=3.0, ff_ratio=8 / 3,
+      head_dim=6))
+  c.data = ml_collections.ConfigDict(dict(source="default", val_fraction=0.02))
+  c.batch_size = 8
+  c.learning_rate = 3e-3
+  c.warmup_fraction = 0.05
+  c.seed = 0
+  c.mesh_shape = (1, 1, 1)
+  c.min_steps = 10
+  c.max_epochs = 4.0
+  c.eval_windows = 128
+  c.flops_per_second = 1.5e10
+  c.n_boot = 200
+  return c
