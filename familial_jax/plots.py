@@ -47,7 +47,7 @@ def isoflop_curves(table, report, form, path):
       m = (fam["granularity"] == g) & (fam["budget"] == c)
       order = np.argsort(fam["params"][m])
       n, d, l = (fam[k][m][order] for k in ("params", "tokens", "loss"))
-      ax.plot(n, l, "o", color=color, label=f"C={c:.0e}")
+      ax.plot(n, l, "o", color=color, label=f"C={c:.3g}")
       if form and len(n) > 1:
         ns = np.geomspace(n.min(), n.max(), 50)
         ds = np.exp(np.interp(np.log(ns), np.log(n), np.log(d)))
