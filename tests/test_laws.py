@@ -330,8 +330,11 @@ def test_claims_check_against_hand_computed_ratios():
                  "bootstrap": {"intervals": {"gamma": [0.02, 0.04]}}}},
       "selected_form": "multiplicative",
       "analysis": {"efficiency_leverage": {"2": [
-          {"budget": 1e11, "loss_ratio": 1.2}, {"budget": 1e13,
-                                                "loss_ratio": 1.1}]}}}
+          {"budget": 1e11, "loss_ratio": 1.2}, {"budget": 1e14,
+                                                "loss_ratio": 1.05}]},
+                   "at_sweep_budgets": {"efficiency_leverage": {"2": [
+          {"budget": 1e11, "loss_ratio": 1.2}, {"budget": 1e12,
+                                                "loss_ratio": 1.1}]}}}}
   claims = {c["claim"].split()[0]: c for c in report_lib.claims(
       report, table, ladder)}
   gamma = claims["gamma"]
@@ -339,6 +342,8 @@ def test_claims_check_against_hand_computed_ratios():
   family = [(3.3 + 3.09) / 2 / 3.0, (3.1 + 2.9) / 2 / 2.8]
   assert f"family/dense loss {np.mean(family):.3f}" in gamma["observed"]
   assert claims["Efficiency"]["verdict"] == "holds"
+  assert "1.200 at C = 1e+11 to 1.100 at C = 1e+12 (1.050 at 1e+14" in (
+      claims["Efficiency"]["fitted"])
   upstream = claims["upstream"]
   deepest = [3.09 / 3.0, 2.9 / 2.8]
   assert f"same budget and depth: mean {np.mean(deepest):.4f}" in (
