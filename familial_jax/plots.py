@@ -135,20 +135,32 @@ def compute_optimal(table, report, path):
 
 
 def branch_law(table, report, path):
-  """Per-exit loss against the exit's sub-model size, by exit index."""
+  """Per-exit loss over the branch law without its exit term, against g.
+
+  The branch law is L_g = L(N_g, D) * g^gamma_b; dividing each exit's
+  observed loss by the fitted L(N_g, D) leaves what the exits before it cost
+  (1 = nothing), next to the fitted g^gamma_b and its interval.
+  """
   if "branch" not in report["fits"] or "exit" not in table:
     return None
+  entry = report["fits"]["branch"]
+  law = forms_lib.get_form("branch")
+  base = law.predict(entry["params"], table["exit_params"], table["tokens"], 1)
+  ratio = table["loss"] / base
   fig, ax = plt.subplots(figsize=(4.6, 3.6))
-  exits = np.unique(table["exit"])
-  for color, g in zip(_colors(len(exits)), exits):
-    m = table["exit"] == g
-    ax.plot(table["exit_params"][m], table["loss"][m], "o", ms=4, color=color,
-            alpha=0.7, label=f"exit {int(g)}")
-  gamma = report["fits"]["branch"]["params"]["gamma"]
-  ax.set_xscale("log")
-  ax.set_xlabel("N_g (sub-model parameters)")
-  ax.set_ylabel("exit loss (nats/token)")
-  ax.set_title(f"branch law: gamma_branch = {gamma:.4f}")
+  ax.plot(table["exit"], ratio, "o", ms=4, alpha=0.4,
+          label="observed / L(N_g, D)")
+  g = np.linspace(1, table["exit"].max(), 50)
+  gamma = entry["params"]["gamma"]
+  ax.plot(g, g ** gamma, "-", label=f"g^gamma_b, gamma_b = {gamma:.4f}")
+  lo_hi = entry.get("bootstrap", {}).get("intervals", {}).get("gamma")
+  if lo_hi:
+    ax.fill_between(g, g ** lo_hi[0], g ** lo_hi[1], alpha=0.2,
+                    label="95% interval")
+  ax.axhline(1.0, color="k", lw=0.8)
+  ax.set_xlabel("g (exit index)")
+  ax.set_ylabel("exit loss / L(N_g, D)")
+  ax.set_title("branch law: cost of the upstream exits")
   ax.legend(fontsize=7)
   return _save(fig, path)
 
