@@ -214,15 +214,16 @@ def claims(report: dict, table, ladder) -> list[dict]:
 
   Each entry: {"claim", "fitted", "observed", "verdict"} (plain text).
   Observed comparisons pair models of one budget and one depth (N within 1%)
-  that differ only in G (the G-exit family trains on fewer tokens, its exit heads cost
-  FLOPs: that is the IsoFLOP comparison the paper makes).
+  that differ only in G (the G-exit family trains on fewer tokens, as its exit
+  heads cost FLOPs: the IsoFLOP comparison the paper makes).
   """
   out = []
   fits = report["fits"]
   form = law_for_analysis(report)
   models = _models(table)
-  dense = {k: _dense_partner(models, k) for k in models if k[2] > 1}
-  dense = {k: v for k, v in dense.items() if v is not None}
+  partners = {k: _dense_partner(models, k) for k in models if k[2] > 1}
+  dense = {k: v for k, v in partners.items() if v is not None}
+  deepest = {k: models[k][max(models[k])] for k in dense}
   gs = sorted({k[2] for k in models if k[2] > 1})
 
   # 1. gamma is small.
@@ -295,7 +296,7 @@ def claims(report: dict, table, ladder) -> list[dict]:
 
   # 3. Upstream branches do not hurt later exits.
   if gs:
-    ratios = [models[k][max(models[k])]["loss"] / partner[1]["loss"]
+    ratios = [deepest[k]["loss"] / partner[1]["loss"]
               for k, partner in dense.items()]
     # The family sees fewer tokens than its IsoFLOP partner (its exit heads
     # cost FLOPs); against the fitted dense law at the family's own tokens
@@ -303,8 +304,8 @@ def claims(report: dict, table, ladder) -> list[dict]:
     same_d = []
     if form is not None:
       law = _result(report, form)
-      same_d = [models[k][max(models[k])]["loss"] / np.squeeze(law.predict(
-          partner[1]["params"], models[k][max(models[k])]["tokens"], 1))
+      same_d = [deepest[k]["loss"] / np.squeeze(law.predict(
+          partner[1]["params"], deepest[k]["tokens"], 1))
                 for k, partner in dense.items()]
     mean = float(np.mean(same_d or ratios)) if ratios else float("nan")
     fitted = ""
