@@ -9,7 +9,10 @@ results directory (its aggregate results.csv).
 
 Prints one table per form (parameters with bootstrap confidence intervals,
 objective, leave-one-budget-out error) and writes them to --output as JSON,
-parameters by name (E, A, B, alpha, beta, gamma).
+parameters by name (E, A, B, alpha, beta, gamma). For a sweep's results
+directory whose plan.json records the sweep (its shape ladder), it also prints
+the compute-optimal allocation and the check of the paper's claims, as the
+sweep's report.md has them.
 """
 
 import hashlib
@@ -21,6 +24,7 @@ import time
 from absl import app
 from absl import flags
 
+from familial_jax import isoflop
 from familial_jax.laws import report as report_lib
 from familial_jax.laws import table as table_lib
 from familial_jax.laws.fitting import BACKENDS
@@ -51,6 +55,16 @@ def _resolve(path: str) -> str:
   return path
 
 
+def _sweep_of(path: str):
+  """The sweep config recorded in a results directory's plan.json, if any."""
+  plan = os.path.join(path, "plan.json")
+  if not os.path.isfile(plan):
+    return None
+  with open(plan) as f:
+    recorded = json.load(f).get("sweep")
+  return isoflop.sweep_from_dict(recorded) if recorded else None
+
+
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
@@ -59,6 +73,11 @@ def run(argv_input: str, form: str) -> dict:
   report = report_lib.fit_all(table, forms, _DELTA.value, _BOOT.value,
                               _RESAMPLE.value, _LEVEL.value, _SEED.value,
                               _BACKEND.value)
+  sweep = _sweep_of(argv_input)
+  if sweep is not None and form == "all":
+    report["analysis"] = report_lib.analyse(
+        report, table, sweep.ladder, sweep.budgets, sweep.granularities)
+    report["claims"] = report_lib.claims(report, table, sweep.ladder)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   report.update(input=os.path.abspath(path), input_sha256=digest,
@@ -77,6 +96,8 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"fit_law: error: {e}")
   print(report_lib.format_report(report))
+  if report.get("claims"):
+    print(report_lib.format_analysis(report))
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     tmp = _OUTPUT.value + ".tmp"

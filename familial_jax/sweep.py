@@ -13,6 +13,7 @@ one shape (across budgets) and reruns compile once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -86,7 +87,8 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
                        f"{[p.id for p in points]}")
   os.makedirs(workdir, exist_ok=True)
   atomic_write(os.path.join(workdir, "plan.json"), json.dumps({
-      "points": [p.id for p in points], "dropped": dropped}, indent=1))
+      "points": [p.id for p in points], "dropped": dropped,
+      "sweep": dataclasses.asdict(sweep)}, indent=1))
   enable_compilation_cache(os.path.join(workdir, "jax_cache"))
   store = ResultsStore(workdir)
   todo = [p for p in mine if store.read(p.id) is None]

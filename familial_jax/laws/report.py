@@ -334,6 +334,23 @@ def claims(report: dict, table, ladder) -> list[dict]:
   return out
 
 
+def format_analysis(report: dict) -> str:
+  """Plain-text compute-optimal allocation and claims check of a report."""
+  lines = []
+  alloc = allocation_rows(report)
+  if alloc:
+    lines.append(f"compute-optimal allocation ({report['analysis']['form']} "
+                 "law along the ladder):")
+    lines.append(f"  {'G':>2} {'C':>9} {'N*':>10} {'D*':>12} {'D*/N*':>7}")
+    lines += [f"  {r['G']:>2} {r['budget']:>9.3g} {r['params']:>10,.0f} "
+              f"{r['tokens']:>12,.0f} {r['tokens_per_param']:>7.2f}"
+              for r in alloc]
+  for c in report.get("claims", []):
+    lines += [f"claim: {c['claim']}: {c['verdict']}",
+              f"  fitted: {c['fitted']}", f"  observed: {c['observed']}"]
+  return "\n".join(lines)
+
+
 def allocation_rows(report: dict) -> list[dict]:
   """N*, D* and D*/N* per G at the sweep's own budgets."""
   a = report.get("analysis", {}).get("at_sweep_budgets", {})
