@@ -5,9 +5,16 @@ r"""Runs an IsoFLOP sweep: plan, train every point, fit the laws, draw figures.
 
 Rerunning the same command skips finished points and resumes interrupted ones.
 Split the work with --shard_index=i --num_shards=n (one process per shard, one
-workdir); --point=ID runs one point; --dry_run prints the plan and exits.
+workdir); --local_shards=n starts the n shard processes on this machine
+(sharing its accelerator: small models leave a GPU idle between steps and
+spend most of their time compiling, evaluating and checkpointing on the host),
+waits for them and then fits; --point=ID runs one point; --dry_run prints the
+plan and exits.
 """
 
+import os
+import signal
+import subprocess
 import sys
 
 from absl import app
@@ -27,9 +34,55 @@ _SHARD = flags.DEFINE_integer("shard_index", 0, "This shard.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of shards.")
 _POINT = flags.DEFINE_string("point", None, "Run only this point id.")
 _NO_FIT = flags.DEFINE_bool("skip_fit", False, "Do not fit or draw.")
+_LOCAL = flags.DEFINE_integer(
+    "local_shards", 0, "Run this many shard processes on this machine, then "
+    "fit (0: this process runs the sweep itself).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host).")
 flags.mark_flags_as_required(["config"])
+
+
+def _run_local_shards(n: int, log) -> int:
+  """Starts shard processes 0..n-1 of this command and waits for them.
+
+  Each gets 1/n of the accelerator's memory (unless
+  XLA_PYTHON_CLIENT_MEM_FRACTION is set); SIGTERM and SIGINT are passed on,
+  so every shard checkpoints and stops as a single process would.
+
+  Returns:
+    0 when every shard finished, 143 when one was preempted, else 1.
+  """
+  args, skip = [], False
+  for a in sys.argv[1:]:
+    if skip or a.startswith("--local_shards="):
+      skip = False
+      continue
+    if a == "--local_shards":
+      skip = True
+      continue
+    args.append(a)
+  env = dict(os.environ)
+  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / n:.3f}")
+  procs = [subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), *args, f"--shard_index={i}",
+       f"--num_shards={n}", "--skip_fit"], env=env) for i in range(n)]
+
+  def forward(signum, frame):
+    del frame
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    codes = [p.wait() for p in procs]
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+  log(f"local shards finished with exit codes {codes}")
+  if all(c == 0 for c in codes):
+    return 0
+  return 143 if 143 in codes or -signal.SIGTERM in codes else 1
 
 
 def main(argv):
@@ -47,6 +100,16 @@ def main(argv):
       return
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required (except with --dry_run).")
+    if _LOCAL.value:
+      if _LOCAL.value < 1 or _NUM_SHARDS.value != 1 or _POINT.value:
+        raise app.UsageError("--local_shards=n (n >= 1) starts its own shards; "
+                             "do not combine it with --num_shards or --point.")
+      code = _run_local_shards(_LOCAL.value, log)
+      if code:
+        sys.exit(code if code == 143 else
+                 "sweep: error: a shard failed (its log is above)")
+      if _NO_FIT.value:
+        return
     out = sweep_lib.run(sweep, _WORKDIR.value, shard_index=_SHARD.value,
                         num_shards=_NUM_SHARDS.value, only=_POINT.value,
                         fit=not _NO_FIT.value, n_boot=n_boot, log=log)

@@ -102,6 +102,21 @@ def test_two_shards_equal_one_run(tmp_path, baseline):
   assert _losses(workdir) == baseline
 
 
+def test_local_shards_equal_one_run(tmp_path, baseline):
+  """--local_shards=2 starts both shard processes itself and waits."""
+  config, workdir = _config(tmp_path), tmp_path / "run"
+  proc = _sweep(config, workdir, "--local_shards=2")
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert out.count("4 points, 0 already done, 4 to run") == 2
+  assert "local shards finished with exit codes [0, 0]" in out
+  assert _losses(workdir) == baseline
+  bad = _sweep(config, workdir, "--local_shards=2", "--num_shards=2")
+  out = bad.communicate(timeout=600)[0]
+  assert bad.returncode != 0 and "do not combine it" in out
+  assert "Traceback" not in out
+
+
 def test_bad_input_fails_before_training(tmp_path):
   config = tmp_path / "small.py"
   config.write_text(MICRO.replace("c.budgets = (4e8, 1.2e9)",
