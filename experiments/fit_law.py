@@ -75,9 +75,7 @@ def run(argv_input: str, form: str) -> dict:
                               _BACKEND.value)
   sweep = _sweep_of(argv_input)
   if sweep is not None and form == "all":
-    report["analysis"] = report_lib.analyse(
-        report, table, sweep.ladder, sweep.budgets, sweep.granularities)
-    report["claims"] = report_lib.claims(report, table, sweep.ladder)
+    report_lib.analyse_sweep(report, table, sweep)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   report.update(input=os.path.abspath(path), input_sha256=digest,

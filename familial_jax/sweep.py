@@ -142,9 +142,7 @@ def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
   # most replicates would lose a budget and leave the law unidentified.
   report = report_lib.fit_all(table, n_boot=n_boot, resample="budget" if len(
       sweep.budgets) >= 5 else "point")
-  report["analysis"] = report_lib.analyse(report, table, sweep.ladder,
-                                          sweep.budgets, sweep.granularities)
-  report["claims"] = report_lib.claims(report, table, sweep.ladder)
+  report_lib.analyse_sweep(report, table, sweep)
   atomic_write(os.path.join(workdir, "fits.json"),
                json.dumps(report, indent=1, default=float))
   log(report_lib.format_report(report))

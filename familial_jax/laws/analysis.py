@@ -228,7 +228,7 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
 
 def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
                         tokens, granularity: int, ladder,
-                        family_loss=None) -> dict:
+                        family_loss=None, compute_ratio: bool = True) -> dict:
   """Efficiency Leverage of a family against G independent dense models.
 
   See the module docstring for the conventions.
@@ -241,6 +241,8 @@ def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
     granularity: G.
     ladder: `ShapeLadder` giving the FLOPs per token of any size.
     family_loss: observed mean exit loss; default: the law's L(N, D, G).
+    compute_ratio: also find the dense FLOPs to match (a bisection over
+      compute-optimal scans, most of the cost); False leaves it NaN.
 
   Returns:
     {"loss_ratio", "compute_ratio", "family_loss", "dense_losses",
@@ -258,7 +260,8 @@ def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
   dense_fpt = ladder.train_flops_per_token(exit_params, 1)
   d_dense = c / np.sum(dense_fpt)
   dense = law(exit_params, d_dense, 1)
-  c_match = _compute_to_reach(result, family_loss, ladder, c)
+  c_match = (_compute_to_reach(result, family_loss, ladder, c)
+             if compute_ratio else float("nan"))
   return {"loss_ratio": float(np.mean(dense) / family_loss),
           "compute_ratio": c_match / c, "family_loss": family_loss,
           "dense_losses": dense.tolist(), "dense_tokens": float(d_dense),

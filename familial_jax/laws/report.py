@@ -101,12 +101,19 @@ def analyse(report: dict, table, ladder, budgets, granularities) -> dict:
     return optimal, leverage
 
   optimal, leverage = along(grid)
-  sweep_budgets = sorted(float(c) for c in budgets)
-  at_optimal, at_leverage = along(np.asarray(sweep_budgets))
+  at_optimal, at_leverage = along(np.sort(np.asarray(budgets, np.float64)))
   return {"form": form, "budgets": grid.tolist(), "compute_optimal": optimal,
-          "efficiency_leverage": leverage, "sweep_budgets": sweep_budgets,
+          "efficiency_leverage": leverage,
           "at_sweep_budgets": {"compute_optimal": at_optimal,
                                "efficiency_leverage": at_leverage}}
+
+
+def analyse_sweep(report: dict, table, sweep) -> None:
+  """Adds report["analysis"] (`analyse`) and report["claims"] (`claims`)
+  for an `isoflop.SweepConfig`'s ladder, budgets and granularities."""
+  report["analysis"] = analyse(report, table, sweep.ladder, sweep.budgets,
+                               sweep.granularities)
+  report["claims"] = claims(report, table, sweep.ladder)
 
 
 def format_report(report: dict) -> str:
@@ -276,7 +283,8 @@ def claims(report: dict, table, ladder) -> list[dict]:
         el = analysis.efficiency_leverage(
             result, rows[0]["params"], [r["exit_params"] for r in rows],
             rows[0]["tokens"], g, ladder,
-            family_loss=float(np.mean([r["loss"] for r in rows])))
+            family_loss=float(np.mean([r["loss"] for r in rows])),
+            compute_ratio=False)
         per_budget.setdefault(c, []).append(el["loss_ratio"])
       observed.append(f"G = {g}: " + ", ".join(
           f"{np.mean(v):.3f}" for c, v in sorted(per_budget.items())))
