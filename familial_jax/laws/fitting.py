@@ -236,8 +236,6 @@ def solver(form_name: str, delta: float, backend: str, maxiter: int,
 
 _LOCK = threading.RLock()
 _COMPILED: dict[tuple, concurrent.futures.Future] = {}
-
-
 _POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 
 
@@ -335,11 +333,12 @@ def minimise(form, x, y, weights, starts, *, huber_delta=1e-3,
     xj, yj = jnp.asarray(xp), jnp.asarray(yp)
     out_theta, out_value, out_grad = [], [], []
     for w in wp:
+      wj = jnp.asarray(w)
       values = np.asarray(_evaluate(form.name, delta)(jnp.asarray(starts), xj,
-                                                      yj, jnp.asarray(w)))
+                                                      yj, wj))
       chosen = _distinct_best(starts, values, refine_top)
-      solve = functools.partial(_solve_from, compiled.result(), x=xp, y=yp,
-                                w=w)
+      solve = functools.partial(_solve_from, compiled.result(), x=xj, y=yj,
+                                w=wj)
       best = (np.inf, starts[0], np.nan)
       # In order of the screen, so ties resolve the same way on any pool.
       for theta, value, grad in _pool().map(solve, starts[chosen]):
@@ -382,8 +381,6 @@ def fit(table, form="multiplicative", huber_delta: float = 1e-3, *,
   form, x, y = prepare(table, form)
   if not huber_delta > 0 or not np.isfinite(huber_delta):
     raise ValueError(f"huber_delta must be finite and > 0, got {huber_delta!r}.")
-  if backend not in BACKENDS:
-    raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}.")
   starts = besiroglu_grid(form) if starts is None else np.atleast_2d(
       np.asarray(starts, np.float64))
   if starts.shape[1] != form.n_params:

@@ -36,20 +36,22 @@ _NATURAL = {"e": "E", "a": "A", "b": "B", "alpha": "alpha", "beta": "beta",
 _LOG_SCALED = ("e", "a", "b")
 
 
+def _shifted_exps(u, v, w):
+  m = jnp.maximum(jnp.maximum(u, v), w)
+  return m, (jnp.exp(u - m), jnp.exp(v - m), jnp.exp(w - m))
+
+
 @jax.custom_jvp
 def _lse3(u, v, w):
-  m = jnp.maximum(jnp.maximum(u, v), w)
-  return m + jnp.log(jnp.exp(u - m) + jnp.exp(v - m) + jnp.exp(w - m))
+  m, exps = _shifted_exps(u, v, w)
+  return m + jnp.log(sum(exps))
 
 
 @_lse3.defjvp
 def _lse3_jvp(primals, tangents):
-  u, v, w = primals
-  m = jnp.maximum(jnp.maximum(u, v), w)
-  eu, ev, ew = jnp.exp(u - m), jnp.exp(v - m), jnp.exp(w - m)
-  s = eu + ev + ew
-  du, dv, dw = tangents
-  return m + jnp.log(s), (eu * du + ev * dv + ew * dw) / s
+  m, exps = _shifted_exps(*primals)
+  s = sum(exps)
+  return m + jnp.log(s), sum(e * t for e, t in zip(exps, tangents)) / s
 
 
 def chinchilla_log_loss(theta, x):
