@@ -145,16 +145,19 @@ def test_objective_gradient_matches_the_plain_formula(form):
 
 
 def test_fit_leaves_global_x64_alone_and_reuses_compiled_solver():
+  key = ("multiplicative", 1e-3, "jaxopt", 1000, 1e-10)
+  shapes = lambda: {k[-1] for k in fitting._COMPILED if k[:5] == key}
+  before = shapes()  # other tests in this process may have compiled some
   small = synthetic_table()
   laws.fit(small, "multiplicative", refine_top=2)
   subset = {k: v[:40] for k, v in small.items()}
   laws.fit(subset, "multiplicative", refine_top=2)  # 40 and 100 points
+  compiled = dict(fitting._COMPILED)
   laws.fit(subset, "multiplicative", refine_top=2)
+  assert fitting._COMPILED == compiled  # the repeat reused its solve
   assert jnp.ones(1).dtype == jnp.float32
   # 40 points and 100 points pad to 64 and 128: two compiled solves, no more.
-  key = ("multiplicative", 1e-3, "jaxopt", 1000, 1e-10)
-  shapes = sorted(k[-1] for k in fitting._COMPILED if k[:5] == key)
-  assert shapes == [64, 128]
+  assert shapes() - before <= {64, 128} and shapes() >= {64, 128}
 
 
 def test_fits_from_several_threads_equal_one_fit():
