@@ -380,6 +380,23 @@ class _Prefetcher:
     self._thread.join()
 
 
+class _PhaseTimer:
+  """Wall seconds per named phase: `lap(name)` charges the time since the
+  previous lap to `name`."""
+
+  def __init__(self):
+    self._last = time.perf_counter()
+    self._totals: dict[str, float] = {}
+
+  def lap(self, name: str) -> None:
+    now = time.perf_counter()
+    self._totals[name] = self._totals.get(name, 0.0) + now - self._last
+    self._last = now
+
+  def seconds(self) -> dict:
+    return {k: round(v, 4) for k, v in self._totals.items()}
+
+
 class _PreemptionFlag:
   """Sets `.set` on SIGTERM (main thread only) until `restore()`."""
 
@@ -503,6 +520,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
            log: Callable[[str], None], stop_after: int | None):
   """`run` (one config) and `run_group` (several)."""
   start = time.time()
+  timing = _PhaseTimer()
   k, base = len(cfgs), cfgs[0]
   # 1. data
   tokenizer = data_lib.ByteTokenizer()
@@ -529,6 +547,8 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
   if state is None:
     state = trainer.init(jax.random.PRNGKey(base.seed))
   data_state = iterator.get_state()
+  jax.block_until_ready(state)
+  timing.lap("setup")
 
   def save(step):
     manager.save(step, args=ocp.args.Composite(
@@ -536,6 +556,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
         data=ocp.args.JsonSave(data_state)), force=True)
     faults.reach("checkpoint")
     manager.wait_until_finished()
+    timing.lap("checkpoint")
 
   # 4. loop (SIGTERM, the usual preemption notice, checkpoints and stops)
   preempted = _PreemptionFlag()
@@ -553,6 +574,9 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
     while step < total:
       batch, data_state = batches.next()
       state, metrics = trainer.step(state, batch, schedule)
+      if step == first_step:  # compilation (or a cache load) and one step
+        jax.block_until_ready(metrics)
+        timing.lap("first_step")
       step += 1
       faults.reach("step")
       logging = [i for i, c in enumerate(cfgs) if step <= c.steps and (
@@ -574,12 +598,15 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
                     if c.eval_every and step % c.eval_every == 0 and
                     step < c.steps]
       if evaluating:
+        timing.lap("steps")
         now = np.reshape(_evaluate(trainer, state.params, val), (k, -1))
         for i in evaluating:
           evals[i].append({"step": step, "exit_losses": now[i].tolist()})
+        timing.lap("eval")
       stop = step < total and (preempted.set or (
           stop_after is not None and step >= stop_after))
       if (checkpoint_every and step % checkpoint_every == 0) or stop:
+        timing.lap("steps")
         save(step)
       if stop:
         preempted.restore()
@@ -589,8 +616,11 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
   finally:
     batches.close()
   preempted.restore()
+  jax.block_until_ready(state)
+  timing.lap("steps")
   # 5. result
   val_losses = np.reshape(_evaluate(trainer, state.params, val), (k, -1))
+  timing.lap("eval")
   if manager.latest_step() != step:
     save(step)
   shared = {
@@ -603,6 +633,10 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
       "devices": [str(d) for d in jax.devices()],
       "mesh": dict(mesh.shape),
       "wall_seconds": time.time() - start,
+      # Where this process' wall time went: setup (data, build, init or
+      # restore), first_step (compilation + one step), steps, eval,
+      # checkpoint. Summed over a resumed run's sittings it is not.
+      "timing": timing.seconds(),
       "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
   }
   if k > 1:

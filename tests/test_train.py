@@ -131,6 +131,12 @@ def test_learns_below_a_data_derived_threshold(tmp_path):
     assert key in record
   assert record["D"] == 300 * 16 * 64
   assert record["corpus"]["sha256"] == data.default_corpus().sha256
+  # The phases split the wall time (the rest: writing the record).
+  timing = record["timing"]
+  assert set(timing) == {"setup", "first_step", "steps", "eval", "checkpoint"}
+  assert all(v > 0 for v in timing.values())
+  assert 0.9 * record["wall_seconds"] < sum(timing.values()) <= record[
+      "wall_seconds"]
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
