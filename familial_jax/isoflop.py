@@ -44,7 +44,14 @@ class SweepConfig:
     min_tokens_per_param, max_tokens_per_param: D / N limits.
     max_epochs: D / (training tokens of the corpus) limit.
     eval_windows: validation windows per run.
-    flops_per_second: assumed sustained FLOP/s, for time estimates.
+    flops_per_second: assumed sustained FLOP/s, for time estimates and the
+      checkpoint cadence.
+    checkpoint_minutes: a point saves a checkpoint after every this many
+      minutes of planned training (at `flops_per_second`), so a crash loses
+      at most about that much; points shorter than that save only at the
+      end (and on SIGTERM). 0: only at the end. The cadence is in steps,
+      fixed by the plan, so every host of a multi-process run saves at the
+      same steps.
     compute_dtype: compute dtype of every model ("bfloat16" on accelerators;
       master weights stay float32).
     attention: attention implementation ("xla", "cudnn", "auto").
@@ -70,6 +77,7 @@ class SweepConfig:
   max_epochs: float = 4.0
   eval_windows: int = 64
   flops_per_second: float = 2e10
+  checkpoint_minutes: float = 10.0
   compute_dtype: str = "float32"
   attention: str = "xla"
   remat: str = "none"
@@ -89,6 +97,12 @@ class SweepConfig:
     if any(not isinstance(l, int) or l < 1 for l in self.depths):
       raise ValueError(
           f"SweepConfig.depths must be integers >= 1: {self.depths}.")
+    if not self.flops_per_second > 0:
+      raise ValueError(f"SweepConfig.flops_per_second must be > 0, got "
+                       f"{self.flops_per_second!r}.")
+    if not self.checkpoint_minutes >= 0:
+      raise ValueError(f"SweepConfig.checkpoint_minutes must be >= 0, got "
+                       f"{self.checkpoint_minutes!r}.")
     if not 0 <= self.warmup_fraction < 1:
       raise ValueError("SweepConfig.warmup_fraction must be in [0, 1).")
     if (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
@@ -195,9 +209,26 @@ def plan(sweep: SweepConfig, train_tokens: int | None = None
             warmup_steps=int(sweep.warmup_fraction * steps),
             seed=sweep.seed, mesh_shape=sweep.mesh_shape,
             eval_windows=sweep.eval_windows,
-            log_every=max(1, steps // 4), checkpoint_every=max(1, steps // 2))
+            log_every=max(1, steps // 4),
+            checkpoint_every=checkpoint_cadence(sweep, fpt, steps))
         points.append(SweepPoint(pid, budget, g, depth, train, fpt))
   return sorted(points, key=lambda p: p.id), dropped
+
+
+def checkpoint_cadence(sweep: SweepConfig, flops_per_token: float,
+                       steps: int) -> int:
+  """Steps between a point's mid-run checkpoints (0: none): the steps of
+  `sweep.checkpoint_minutes` of planned training at `sweep.flops_per_second`.
+
+  A mid-run checkpoint costs a fixed ~0.1-1 s (more for a vmapped group's
+  state); a point that trains for seconds gains nothing from one.
+  """
+  step_seconds = (flops_per_token * sweep.batch_size * sweep.ladder.seq_len /
+                  sweep.flops_per_second)
+  every = sweep.checkpoint_minutes * 60 / step_seconds
+  if sweep.checkpoint_minutes == 0 or every >= steps:
+    return 0
+  return max(1, int(every))
 
 
 def groups(points: Sequence[SweepPoint], size: int

@@ -56,6 +56,31 @@ def test_bad_sweep_configs():
     isoflop.sweep_from_dict({"budgets": [1e10], "widths": [3]})
   with pytest.raises(ValueError, match="shard index"):
     isoflop.shard([], 2, 2)
+  with pytest.raises(ValueError, match="checkpoint_minutes must be >= 0"):
+    dataclasses.replace(SWEEP, checkpoint_minutes=-1.0)
+  with pytest.raises(ValueError, match="flops_per_second must be > 0"):
+    dataclasses.replace(SWEEP, flops_per_second=0.0)
+
+
+def test_checkpoint_cadence_is_planned_training_time():
+  # 1 planned second per step: fpt * batch * seq_len FLOPs at that rate.
+  points, _ = isoflop.plan(SWEEP)
+  p = max(points, key=lambda q: q.train.steps)
+  step_flops = p.flops_per_token * 8 * 64
+  one_second = dataclasses.replace(SWEEP, flops_per_second=step_flops)
+  for minutes, every in ((0.5, 30), (1.0, 60), (0.0, 0), (1e-9, 1)):
+    sweep = dataclasses.replace(one_second, checkpoint_minutes=minutes)
+    planned = {q.id: q for q in isoflop.plan(sweep)[0]}[p.id]
+    if every >= p.train.steps:
+      every = 0
+    assert planned.train.checkpoint_every == every, minutes
+  # A point shorter than the interval checkpoints only at the end.
+  long = dataclasses.replace(one_second,
+                             checkpoint_minutes=p.train.steps / 60)
+  planned = {q.id: q for q in isoflop.plan(long)[0]}[p.id]
+  assert planned.train.checkpoint_every == 0
+  # The default (10 minutes at 2e10 FLOP/s) leaves these small points none.
+  assert all(q.train.checkpoint_every == 0 for q in isoflop.plan(SWEEP)[0])
 
 
 def test_shards_partition_the_plan():

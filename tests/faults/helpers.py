@@ -12,8 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 DOCS = "/usr/share/doc/linux-doc-6.1/Documentation"
 
-# The micro sweep of tests/test_sweep.py with one depth: 4 points.
-MICRO = test_sweep.MICRO.replace("c.depths = (2, 3)", "c.depths = (2,)")
+# The micro sweep of tests/test_sweep.py with one depth: 4 points, each
+# checkpointing mid-run (every 15 planned ms at the default 2e10 FLOP/s:
+# every 25 or 35 steps of 34 to 142), so that kills land before, in and after
+# mid-run saves.
+MICRO = test_sweep.MICRO.replace(
+    "c.depths = (2, 3)", "c.depths = (2,)\n  c.checkpoint_minutes = 2.5e-4")
 assert MICRO != test_sweep.MICRO
 
 # Tally of what the suite injected and verified, printed at the end of the
