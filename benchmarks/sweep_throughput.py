@@ -1,21 +1,28 @@
-r"""Sweep throughput: grouped (vmapped) training against points one by one.
+r"""Sweep throughput: the fast paths against running points one by one.
 
-Runs one small IsoFLOP sweep of small models twice, each in a fresh process
-with an empty workdir and compilation cache, so compilation, data loading,
-checkpoints and evaluation are all included:
-  one_by_one   group_size = 1: every point is its own program and run;
-  grouped      group_size = number of budgets: the points of one model shape
-               across budgets train together in one vmapped program
-               (`train.run_group`).
-Prints the wall time, the model FLOP/s (the planned training FLOPs of all
-points, every exit counted, over the wall time; the grouped path's padding
-steps are not counted as useful work), the ratio, and the largest difference
-between the two paths' validation losses (the same runs, so it should be
-float noise).
+Runs one small IsoFLOP sweep several ways, each from a cold start (fresh
+processes, empty workdir and compilation cache), so process start-up,
+compilation, data loading, checkpoints and evaluation are all included:
+  one_by_one       one process; every point is its own run (group_size 1);
+  grouped          one process; the points of one model shape across budgets
+                   train together in one vmapped program (`train.run_group`);
+  sharded          --shards processes on the one accelerator, each running
+                   every n-th point one by one (`experiments/sweep.py
+                   --local_shards`): host work (compilation, checkpoints,
+                   Python) overlaps and the accelerator interleaves the
+                   programs of several small models;
+  grouped_sharded  both.
+Prints, per mode, the wall time from launch to the last process' exit, the
+model FLOP/s (the planned training FLOPs of all points, every exit counted,
+over that wall time; the grouped paths' padding steps are not counted as
+useful work), the ratio to one_by_one, where the time went (the records'
+per-phase seconds, summed over processes) and the largest difference between
+a mode's validation losses and one_by_one's (the same runs: float noise).
 
   python benchmarks/sweep_throughput.py --output=benchmarks/results/sweep_throughput_h100.json
 """
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -23,18 +30,26 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
-from absl import app
+# This process only reads the device's name: it must not take the
+# accelerator's memory from the sweeps it starts.
+_USER_PREALLOCATE = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 import jax
 
 from familial_jax import flops
 from familial_jax import isoflop
+from familial_jax.results import ResultsStore
 
 _OUTPUT = flags.DEFINE_string("output", None, "JSON record of the run.")
 _SMALL = flags.DEFINE_bool("small", False, "CPU-sized sweep.")
-_MODES = flags.DEFINE_list("modes", ["grouped", "one_by_one"],
-                           "Which paths to run.")
+_MODES = flags.DEFINE_list(
+    "modes", ["one_by_one", "grouped", "sharded", "grouped_sharded"],
+    "Which paths to run (one_by_one first: the others are compared to it).")
 
 
 def small_sweep(gpu: bool, small: bool) -> isoflop.SweepConfig:
@@ -50,30 +65,55 @@ def small_sweep(gpu: bool, small: bool) -> isoflop.SweepConfig:
       attention="cudnn" if gpu else "xla")
 
 
+_SHARDS = flags.DEFINE_integer(
+    "shards", min(8, os.cpu_count() or 1),
+    "Processes of the sharded modes (default: min(8, CPU cores)).")
+
+MODES = {"one_by_one": (False, False), "grouped": (True, False),
+         "sharded": (False, True), "grouped_sharded": (True, True)}
+
 _CHILD = r"""
-import json, sys, time
+import json, sys
 from familial_jax import isoflop, sweep
 cfg = isoflop.sweep_from_dict(json.loads(sys.argv[1]))
-t = time.perf_counter()
-out = sweep.run(cfg, sys.argv[2], fit=False, log=lambda s: None)
-wall = time.perf_counter() - t
-from familial_jax.results import ResultsStore
-rows = {r["point_id"]: r["exit_losses"] for r in ResultsStore(sys.argv[2]).records()}
-print("RESULT " + json.dumps({"wall": wall, "out": out, "losses": rows}))
+sweep.run(cfg, sys.argv[2], shard_index=int(sys.argv[3]),
+          num_shards=int(sys.argv[4]), fit=False, log=lambda s: None)
 """
 
 
-def run_mode(sweep: isoflop.SweepConfig, group_size: int) -> dict:
-  cfg = dataclasses.replace(sweep, group_size=group_size)
-  d = dataclasses.asdict(cfg)
+def run_mode(sweep: isoflop.SweepConfig, group_size: int,
+             shards: int) -> dict:
+  """Runs the sweep in `shards` fresh processes; wall time, losses, phases."""
+  cfg = json.dumps(dataclasses.asdict(
+      dataclasses.replace(sweep, group_size=group_size)), default=list)
+  env = dict(os.environ)
+  env.pop("XLA_PYTHON_CLIENT_PREALLOCATE")
+  if _USER_PREALLOCATE is not None:
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = _USER_PREALLOCATE
+  if shards > 1:
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / shards:.3f}")
   with tempfile.TemporaryDirectory() as workdir:
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(d, default=list), workdir],
-        capture_output=True, text=True, check=False)
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  if proc.returncode or not line:
-    raise RuntimeError(f"group_size={group_size} failed:\n{proc.stderr[-3000:]}")
-  return json.loads(line[0][len("RESULT "):])
+    t = time.perf_counter()
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _CHILD, cfg, workdir, str(i), str(shards)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(shards)]
+    errors = [p.communicate()[1] for p in procs]
+    wall = time.perf_counter() - t
+    for p, err in zip(procs, errors):
+      if p.returncode:
+        raise RuntimeError(f"group_size={group_size} shards={shards} failed:"
+                           f"\n{err[-3000:]}")
+    records = list(ResultsStore(workdir).records())
+  phases, runs = collections.Counter(), set()
+  for r in records:  # the members of a group share one run's timing
+    key = json.dumps(r["timing"], sort_keys=True)
+    if key not in runs:
+      runs.add(key)
+      phases.update(r["timing"])
+  return {"wall": wall, "points": len(records),
+          "phases": {k: round(v, 2) for k, v in phases.items()},
+          "losses": {r["point_id"]: r["exit_losses"] for r in records}}
 
 
 def main(argv):
@@ -91,30 +131,40 @@ def main(argv):
         f"({len(dropped)} dropped), {len(groups)} shape groups; planned "
         f"{useful:.3e} FLOPs (grouped path computes {padded / useful:.2f}x "
         "that, padding members to their group's longest)")
+  unknown = sorted(set(_MODES.value) - set(MODES))
+  if unknown:
+    raise app.UsageError(f"unknown modes {unknown}; known: {sorted(MODES)}.")
   results = {}
   for mode in _MODES.value:
-    size = 1 if mode == "one_by_one" else len(sweep.budgets)
-    r = run_mode(sweep, size)
+    grouped, sharded = MODES[mode]
+    r = run_mode(sweep, len(sweep.budgets) if grouped else 1,
+                 _SHARDS.value if sharded else 1)
     r["model_flops_per_second"] = useful / r["wall"]
     results[mode] = r
-    print(f"{mode:<11} {r['wall']:8.1f} s  {r['model_flops_per_second']:.3e} "
-          f"model FLOP/s  ({r['out']['ran']} points run)")
+    print(f"{mode:<15} {r['wall']:8.1f} s  {r['model_flops_per_second']:.3e} "
+          f"model FLOP/s  ({r['points']} points)  phases (s, summed over "
+          f"processes): {r['phases']}", flush=True)
   record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "device": device.device_kind, "jax": jax.__version__,
-            "sweep": dataclasses.asdict(sweep), "points": len(points),
-            "planned_flops": useful, "grouped_flops_over_planned":
-            padded / useful,
+            "device": device.device_kind, "platform": device.platform,
+            "jax": jax.__version__, "host_cpus": os.cpu_count(),
+            "shards": _SHARDS.value, "sweep": dataclasses.asdict(sweep),
+            "points": len(points), "planned_flops": useful,
+            "grouped_flops_over_planned": padded / useful,
             **{m: {k: v for k, v in r.items() if k != "losses"}
                for m, r in results.items()}}
-  if len(results) == 2:
-    a, b = results["grouped"], results["one_by_one"]
-    diff = max(abs(x - y) for pid in a["losses"] for x, y in zip(
-        a["losses"][pid], b["losses"][pid]))
-    record["speedup"] = a["model_flops_per_second"] / b[
-        "model_flops_per_second"]
-    record["max_abs_loss_difference"] = diff
-    print(f"grouped / one_by_one model FLOP/s: {record['speedup']:.2f}x; "
-          f"max |validation loss difference| {diff:.2e}")
+  if "one_by_one" in results:
+    base = results["one_by_one"]
+    record["speedup_over_one_by_one"] = {}
+    for mode, r in results.items():
+      if mode == "one_by_one":
+        continue
+      ratio = r["model_flops_per_second"] / base["model_flops_per_second"]
+      diff = max(abs(x - y) for pid in base["losses"] for x, y in zip(
+          r["losses"][pid], base["losses"][pid]))
+      record["speedup_over_one_by_one"][mode] = ratio
+      record.setdefault("max_abs_loss_difference", {})[mode] = diff
+      print(f"{mode} / one_by_one model FLOP/s: {ratio:.2f}x; max |validation "
+            f"loss difference| {diff:.2e}")
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
     with open(_OUTPUT.value, "w") as f:
