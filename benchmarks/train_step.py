@@ -9,8 +9,9 @@ On whatever accelerator is present, measures
      (b) "familial_jax": `train.build`'s step (cuDNN attention on GPU, chunked
          exit losses with a custom VJP),
      at d_model 768, 12 layers, 12 heads, vocabulary 50304, length 1024,
-     batch 16, for G = 1 and G = 4; and familial_jax at d_model 1024, 24
-     layers, G = 4 under each rematerialisation policy;
+     batch 16, for G = 1 and G = 4 (familial_jax also with bf16 logits in
+     the exit loss, `loss_logits_dtype`); and familial_jax at d_model 1024,
+     24 layers, G = 4 under each rematerialisation policy;
 and prints the ratios. Both use bf16 compute with float32 master weights,
 AdamW and a donated state, and the same model FLOPs per token: every exit
 counted, causal attention counted as half the score matrix, training =
@@ -141,10 +142,10 @@ def reference_step(cfg: ModelConfig, batch_size: int, seq_len: int):
 
 
 def familial_step(cfg: ModelConfig, batch_size: int, seq_len: int,
-                  loss_chunk: int = 0):
+                  loss_chunk: int = 0, logits_dtype: str = "float32"):
   tcfg = TrainConfig(model=cfg, seq_len=seq_len, batch_size=batch_size,
                      steps=1000, warmup_steps=10, mesh_shape=(1, 1, 1),
-                     loss_chunk=loss_chunk)
+                     loss_chunk=loss_chunk, loss_logits_dtype=logits_dtype)
   trainer = train.build(tcfg, sharding.make_mesh((1, 1, 1)))
   state = trainer.init(jax.random.PRNGKey(0))
   schedule = jnp.asarray(train.schedule_array(tcfg))
@@ -186,14 +187,20 @@ def main(argv):
                        dtype="bfloat16", attention=attention,
                        remat=remat).with_uniform_exits(g)
 
-  # (implementation, shape, G, remat, loss chunk in positions; 0 = auto)
-  runs = [("reference", "d768", 1, "none", 0),
-          ("familial_jax", "d768", 1, "none", 0),
-          ("reference", "d768", 4, "none", 0),
-          ("familial_jax", "d768", 4, "none", 0)]
-  runs += [("familial_jax", "d768", 4, "none", seq_len // 8)]
-  runs += [("familial_jax", "d1024", 4, r, 0) for r in ("none", "dots",
-                                                        "block")]
+  # (implementation, shape, G, remat, loss chunk in positions (0 = auto),
+  # exit-loss logits dtype), most wanted first: the JSON record is rewritten
+  # after every run, so a run cut short keeps what it measured.
+  f32, bf16 = "float32", "bfloat16"
+  runs = [("reference", "d768", 4, "none", 0, f32),
+          ("familial_jax", "d768", 4, "none", 0, f32),
+          ("familial_jax", "d768", 4, "none", 0, bf16),
+          ("familial_jax", "d1024", 4, "none", 0, bf16),
+          ("familial_jax", "d1024", 4, "dots", 0, bf16),
+          ("familial_jax", "d1024", 4, "none", 0, f32),
+          ("familial_jax", "d1024", 4, "block", 0, bf16),
+          ("reference", "d768", 1, "none", 0, f32),
+          ("familial_jax", "d768", 1, "none", 0, f32),
+          ("familial_jax", "d768", 1, "none", 0, bf16)]
   peak = matmul_peak(2048 if small else 8192)
   sheet = datasheet_peak(device)
   print(f"device: {device.device_kind} ({device.platform}); jax "
@@ -202,10 +209,11 @@ def main(argv):
   batch_tokens = jax.random.randint(jax.random.PRNGKey(3),
                                     (batch, seq_len + 1), 0, vocab, jnp.int32)
   rows = []
-  for impl, name, g, remat, chunk in runs:
-    label = f"{impl}-{name}-G{g}" + (f"-remat_{remat}" if name == "d1024"
-                                      else "") + (f"-chunk{chunk}" if chunk
-                                                  else "")
+  for impl, name, g, remat, chunk, logits in runs:
+    label = (f"{impl}-{name}-G{g}" +
+             (f"-remat_{remat}" if name == "d1024" else "") +
+             (f"-chunk{chunk}" if chunk else "") +
+             ("-bf16logits" if logits == bf16 else ""))
     if _ONLY.value and label not in _ONLY.value:
       continue
     cfg = model_cfg(name, g, remat)
@@ -213,7 +221,7 @@ def main(argv):
       if impl == "reference":
         step, state = reference_step(cfg, batch, seq_len)
       else:
-        step, state = familial_step(cfg, batch, seq_len, chunk)
+        step, state = familial_step(cfg, batch, seq_len, chunk, logits)
       seconds, first = time_steps(step, state, batch_tokens, _STEPS.value)
     except Exception as e:  # pylint: disable=broad-except
       print(f"{label}: FAILED {type(e).__name__}: {str(e)[:300]}")
@@ -224,6 +232,7 @@ def main(argv):
     tok_s = batch * seq_len / seconds
     row = {"name": label, "impl": impl, "shape": name, "G": g, "remat": remat,
            "loss_chunk": chunk or losses.chunk_size(batch, seq_len, vocab),
+           "loss_logits_dtype": logits if impl == "familial_jax" else None,
            "d_model": cfg.d_model, "layers": cfg.n_layers,
            "train_flops_per_token": fpt, "seconds_per_step": seconds,
            "compile_seconds": first, "tokens_per_second": tok_s,
@@ -231,7 +240,7 @@ def main(argv):
            "mfu_vs_measured_peak": fpt * tok_s / peak,
            "mfu_vs_datasheet": fpt * tok_s / sheet if sheet else None}
     rows.append(row)
-    print(f"{label:<34} {seconds * 1e3:8.2f} ms/step {tok_s:>11,.0f} tok/s "
+    print(f"{label:<46} {seconds * 1e3:8.2f} ms/step {tok_s:>11,.0f} tok/s "
           f"{fpt * tok_s / 1e12:7.1f} TFLOP/s  MFU {row['mfu_vs_measured_peak']:.1%}"
           f" of measured peak" + (f", {row['mfu_vs_datasheet']:.1%} of datasheet"
                                   if sheet else "") +
@@ -259,6 +268,7 @@ def _summarise(rows, device, peak, sheet, vocab, seq_len, batch, shapes,
   big = [r for n, r in by.items() if n.startswith("familial_jax-d1024")]
   if big:
     best = max(big, key=lambda r: r["tokens_per_second"])
+    ratios["d1024_G4_best"] = best["name"]
     ratios["d1024_G4_best_remat"] = best["remat"]
     ratios["d1024_G4_mfu_vs_measured_peak"] = best["mfu_vs_measured_peak"]
   if final:

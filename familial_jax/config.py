@@ -267,6 +267,10 @@ class TrainConfig:
     keep_checkpoints: checkpoints kept on disk.
     loss_chunk: tokens per chunk of the exit cross-entropy (see
       `losses.chunked_cross_entropy`); 0 chooses one from the vocabulary size.
+    loss_logits_dtype: dtype in which training steps store each chunk's
+      logits between the unembedding matmul and the softmax ("float32" or
+      "bfloat16": less memory traffic, logits rounded to bf16); validation
+      always uses float32.
   """
 
   model: ModelConfig = ModelConfig()
@@ -290,6 +294,7 @@ class TrainConfig:
   checkpoint_every: int = 0
   keep_checkpoints: int = 2
   loss_chunk: int = 0
+  loss_logits_dtype: str = "float32"
 
   def __post_init__(self):
     _require_ints(self, ("seq_len", "batch_size", "steps", "eval_windows",
@@ -320,6 +325,9 @@ class TrainConfig:
     for name in ("learning_rate", "grad_clip"):
       if not getattr(self, name) > 0:
         raise ValueError(f"TrainConfig.{name} must be > 0.")
+    if self.loss_logits_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"TrainConfig.loss_logits_dtype must be 'float32' or "
+                       f"'bfloat16', got {self.loss_logits_dtype!r}.")
 
   @property
   def weights(self) -> tuple[float, ...]:

@@ -56,6 +56,7 @@ class SweepConfig:
       master weights stay float32).
     attention: attention implementation ("xla", "cudnn", "auto").
     remat: rematerialisation policy (ModelConfig.remat).
+    loss_logits_dtype: TrainConfig.loss_logits_dtype of every run.
     group_size: up to this many points of one model shape (across budgets)
       train together in one vmapped program (`train.run_group`); 1 trains
       points one by one.
@@ -81,6 +82,7 @@ class SweepConfig:
   compute_dtype: str = "float32"
   attention: str = "xla"
   remat: str = "none"
+  loss_logits_dtype: str = "float32"
   group_size: int = 1
 
   def __post_init__(self):
@@ -112,6 +114,9 @@ class SweepConfig:
     # Validates dtype, attention and remat with ModelConfig's messages.
     ModelConfig(dtype=self.compute_dtype, attention=self.attention,
                 remat=self.remat)
+    if self.loss_logits_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"SweepConfig.loss_logits_dtype must be 'float32' or "
+                       f"'bfloat16', got {self.loss_logits_dtype!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +214,7 @@ def plan(sweep: SweepConfig, train_tokens: int | None = None
             warmup_steps=int(sweep.warmup_fraction * steps),
             seed=sweep.seed, mesh_shape=sweep.mesh_shape,
             eval_windows=sweep.eval_windows,
+            loss_logits_dtype=sweep.loss_logits_dtype,
             log_every=max(1, steps // 4),
             checkpoint_every=checkpoint_cadence(sweep, fpt, steps))
         points.append(SweepPoint(pid, budget, g, depth, train, fpt))

@@ -17,6 +17,14 @@ vocab) of logits plus dh [B, T, D] and dW [D, V] instead of O(tokens x vocab)
 per exit; compute: the same three unembedding matmuls per exit as autodiff of
 the plain loss; no logits ever written to or read from HBM in full. Without
 differentiation (evaluation) only the loss is computed.
+
+Each chunk's logits still make a round trip through memory between the matmul
+and the softmax: about 22 bytes per logit in float32 (written once, read by
+the two reductions and the softmax, dz written and read by two matmuls).
+`logits_dtype="bfloat16"` has the matmul emit bf16 logits (accumulated in
+float32, rounded once, as MaxText does by default): about 14 bytes per logit,
+the softmax and loss still computed in float32. It rounds every logit to 8
+significant bits, so it is for training steps; evaluation keeps float32.
 """
 
 from __future__ import annotations
@@ -71,27 +79,39 @@ def _dot(spec, a, b, acc):
   return jnp.einsum(spec, a, b, preferred_element_type=acc)
 
 
-def _forward_chunk(h, w, y):
+def _logits(h, w, acc, logits_dtype):
+  """h [B, c, D] @ w [D, V] accumulated in `acc`, stored in `logits_dtype`
+  (None: `acc`), returned in `acc` for the softmax."""
+  if logits_dtype is None or jnp.dtype(logits_dtype) == acc:
+    return _dot("btd,dv->btv", h, w, acc)
+  if jax.default_backend() == "cpu":  # no bf16-output dot: round the result
+    z = _dot("btd,dv->btv", h, w, acc).astype(logits_dtype)
+  else:
+    z = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=logits_dtype)
+  return z.astype(acc)
+
+
+def _forward_chunk(h, w, y, logits_dtype=None):
   """h [B, c, D], w [D, V], y [B, c] -> (loss [B, c], lse [B, c]) in at
   least float32."""
-  z = _dot("btd,dv->btv", h, w.astype(h.dtype), _acc(h.dtype))
+  z = _logits(h, w.astype(h.dtype), _acc(h.dtype), logits_dtype)
   lse = jax.nn.logsumexp(z, axis=-1)
   zy = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0]
   return lse - zy, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _ce_sum(h, w, y, n_chunks):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _ce_sum(h, w, y, n_chunks, logits_dtype):
   """Sum of the per-token losses of logits h @ w over n_chunks chunks."""
 
   def body(total, a):
-    return total + _forward_chunk(a[0], w, a[1])[0].sum(), None
+    return total + _forward_chunk(a[0], w, a[1], logits_dtype)[0].sum(), None
 
   return jax.lax.scan(body, jnp.zeros((), _acc(h.dtype)),
                       (_chunks(h, n_chunks), _chunks(y, n_chunks)))[0]
 
 
-def _ce_fwd(h, w, y, n_chunks):
+def _ce_fwd(h, w, y, n_chunks, logits_dtype):
   """Loss and, in the same pass over each chunk's logits, the gradients of
   the summed loss with respect to h and w (the cotangent is a scalar, so the
   backward pass only rescales them)."""
@@ -100,7 +120,7 @@ def _ce_fwd(h, w, y, n_chunks):
   def body(carry, a):
     total, dw = carry
     h_c, y_c = a
-    z = _dot("btd,dv->btv", h_c, wc, acc)
+    z = _logits(h_c, wc, acc, logits_dtype)
     lse = jax.nn.logsumexp(z, axis=-1)
     loss = lse - jnp.take_along_axis(z, y_c[..., None], axis=-1)[..., 0]
     dz = (jnp.exp(z - lse[..., None]) -
@@ -114,8 +134,8 @@ def _ce_fwd(h, w, y, n_chunks):
   return total, (_unchunk(dh), dw)
 
 
-def _ce_bwd(n_chunks, res, g):
-  del n_chunks
+def _ce_bwd(n_chunks, logits_dtype, res, g):
+  del n_chunks, logits_dtype
   dh, dw = res
   return (dh * g.astype(dh.dtype)), (dw * g).astype(dw.dtype), None
 
@@ -123,8 +143,12 @@ def _ce_bwd(n_chunks, res, g):
 _ce_sum.defvjp(_ce_fwd, _ce_bwd)
 
 
+LOGITS_DTYPES = ("float32", "bfloat16")
+
+
 def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array,
-                          chunk: int = 0) -> jax.Array:
+                          chunk: int = 0,
+                          logits_dtype: str = "float32") -> jax.Array:
   """Mean next-token cross-entropy of logits h @ w, chunk by chunk.
 
   Args:
@@ -135,6 +159,9 @@ def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array,
     targets: [B, T] int labels in [0, V).
     chunk: sequence positions per chunk (a divisor of T); 0 picks one
       (`chunk_size`).
+    logits_dtype: "float32", or "bfloat16" to store each chunk's logits in
+      bf16 between the matmul and the softmax (less memory traffic; every
+      logit rounded to bf16). Ignored for float64 features.
 
   Returns:
     Scalar mean loss (float32, float64 for float64 features), equal to
@@ -146,6 +173,10 @@ def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array,
     raise ValueError(f"shapes do not match: features {h.shape} ([B, T, D]), "
                      f"unembedding {w.shape} ([D, V]), targets "
                      f"{targets.shape} ([B, T]).")
+  if logits_dtype not in LOGITS_DTYPES:
+    raise ValueError(f"logits_dtype must be one of {LOGITS_DTYPES}, got "
+                     f"{logits_dtype!r}.")
   b, t = targets.shape
   n = t // chunk_size(b, t, w.shape[1], chunk)
-  return _ce_sum(h, w, targets.astype(jnp.int32), n) / (b * t)
+  store = None if h.dtype == jnp.float64 else logits_dtype
+  return _ce_sum(h, w, targets.astype(jnp.int32), n, store) / (b * t)

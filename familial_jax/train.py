@@ -89,7 +89,8 @@ def learning_rate(step, schedule):
 
 
 def exit_losses(params, model: FamilialLM, batch: jax.Array,
-                loss_chunk: int = 0) -> jax.Array:
+                loss_chunk: int = 0,
+                logits_dtype: str = "float32") -> jax.Array:
   """Mean next-token cross-entropy of every exit, [G] float32.
 
   Never holds more than one chunk of one exit's logits
@@ -98,20 +99,21 @@ def exit_losses(params, model: FamilialLM, batch: jax.Array,
   Args:
     batch: [B, T + 1] int tokens; inputs are batch[:, :-1], targets [:, 1:].
     loss_chunk: tokens per loss chunk (0: automatic).
+    logits_dtype: storage dtype of each chunk's logits (float32, bfloat16).
   """
   inputs, targets = batch[:, :-1], batch[:, 1:]
   features = model.apply({"params": params}, inputs,
                          method=FamilialLM.features)  # G x [B, T, D]
   return jnp.stack([
       losses.chunked_cross_entropy(h, model.unembedding(params, g), targets,
-                                   loss_chunk)
+                                   loss_chunk, logits_dtype)
       for g, h in enumerate(features)])
 
 
 def train_step(state: TrainState, batch: jax.Array, schedule: jax.Array, *,
                model: FamilialLM, tx: optax.GradientTransformation,
-               weights: jax.Array, loss_chunk: int = 0
-               ) -> tuple[TrainState, dict]:
+               weights: jax.Array, loss_chunk: int = 0,
+               logits_dtype: str = "float32") -> tuple[TrainState, dict]:
   """One AdamW step on the weighted family loss.
 
   Args:
@@ -121,7 +123,7 @@ def train_step(state: TrainState, batch: jax.Array, schedule: jax.Array, *,
   """
 
   def loss_fn(params):
-    per_exit = exit_losses(params, model, batch, loss_chunk)
+    per_exit = exit_losses(params, model, batch, loss_chunk, logits_dtype)
     return jnp.dot(weights, per_exit), per_exit
 
   (loss, per_exit), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -195,7 +197,8 @@ def build(cfg: TrainConfig, mesh: jax.sharding.Mesh,
   def one_step(state, batch, schedule):
     with nn.logical_axis_rules(sharding.RULES):
       return train_step(state, batch, schedule, model=model, tx=tx,
-                        weights=weights, loss_chunk=cfg.loss_chunk)
+                        weights=weights, loss_chunk=cfg.loss_chunk,
+                        logits_dtype=cfg.loss_logits_dtype)
 
   def one_eval(params, batch):
     with nn.logical_axis_rules(sharding.RULES):
@@ -242,7 +245,8 @@ def _trainer_for(cfg: TrainConfig, mesh: jax.sharding.Mesh,
   a sweep then share jitted functions, so they neither retrace nor reload
   compiled programs."""
   key = (cfg.model, cfg.seq_len, cfg.batch_size, cfg.grad_clip, cfg.b1,
-         cfg.b2, cfg.weight_decay, cfg.weights, cfg.loss_chunk, mesh, members)
+         cfg.b2, cfg.weight_decay, cfg.weights, cfg.loss_chunk,
+         cfg.loss_logits_dtype, mesh, members)
   if key not in _TRAINERS:
     if len(_TRAINERS) >= 8:
       _TRAINERS.pop(next(iter(_TRAINERS)))
@@ -296,7 +300,10 @@ _CADENCE = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 def _check_workdir(workdir: str, cfgs: Sequence[TrainConfig]) -> None:
   """Refuses a workdir that holds a run of another config (or group)."""
   path = os.path.join(workdir, "config.json")
-  strip = lambda d: {k: v for k, v in d.items() if k not in _CADENCE}
+  # A run started before a field existed ran with that field's default.
+  defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+  strip = lambda d: {k: v for k, v in {**defaults, **d}.items()
+                     if k not in _CADENCE}
   dicts = [strip(c.to_dict()) for c in cfgs]
   mine = json.loads(json.dumps(dicts[0] if len(dicts) == 1 else
                                {"group": dicts}))

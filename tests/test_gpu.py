@@ -33,14 +33,15 @@ def test_cudnn_attention_matches_xla_in_bfloat16():
     assert np.mean(np.abs(a - b)) < 0.02
 
 
-def test_chunked_loss_matches_plain_loss_on_gpu():
+@pytest.mark.parametrize("logits_dtype", ["float32", "bfloat16"])
+def test_chunked_loss_matches_plain_loss_on_gpu(logits_dtype):
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   h = jax.random.normal(k[0], (8, 256, 256)).astype(jnp.bfloat16)
   w = jax.random.normal(k[1], (256, 50304)) * 0.05
   y = jax.random.randint(k[2], (8, 256), 0, 50304)
   plain = lambda h, w: optax.softmax_cross_entropy_with_integer_labels(
       jnp.einsum("btd,dv->btv", h.astype(jnp.float32), w), y).mean()
-  mine = lambda h, w: losses.chunked_cross_entropy(h, w, y, 32)
+  mine = lambda h, w: losses.chunked_cross_entropy(h, w, y, 32, logits_dtype)
   a, ga = jax.jit(jax.value_and_grad(plain, (0, 1)))(h, w)
   b, gb = jax.jit(jax.value_and_grad(mine, (0, 1)))(h, w)
   np.testing.assert_allclose(a, b, rtol=1e-3)

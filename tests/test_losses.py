@@ -56,6 +56,31 @@ def test_bfloat16_features_stay_close_to_float32():
   assert dh.dtype == jnp.bfloat16
 
 
+def test_bfloat16_logits_equal_the_loss_of_rounded_logits():
+  """logits_dtype="bfloat16" is the plain loss of the bf16-rounded logits,
+  and its gradients are the plain gradients up to that rounding."""
+  h, w, y = _problem(b=4, t=32, d=16, v=300)
+  w = w * 3  # logits up to ~20, where bf16 rounding (up to 0.06) shows
+  rounded = lambda h, w: optax.softmax_cross_entropy_with_integer_labels(
+      jnp.einsum("btd,dv->btv", h, w).astype(jnp.bfloat16).astype(
+          jnp.float32), y).mean()
+  mine = lambda h, w: losses.chunked_cross_entropy(h, w, y, 8, "bfloat16")
+  np.testing.assert_allclose(mine(h, w), rounded(h, w), rtol=1e-6)
+  gap = abs(float(mine(h, w)) - float(_plain(h, w, y)))
+  assert 0 < gap < 1e-3 * float(_plain(h, w, y))
+  plain = lambda h, w: _plain(h, w, y)
+  (dh0, dw0), (dh1, dw1) = (jax.grad(f, (0, 1))(h, w) for f in (plain, mine))
+  for a, b in ((dh0, dh1), (dw0, dw1)):
+    assert 0 < np.abs(a - b).max() < 0.02 * np.abs(a).max()
+  with jax.enable_x64(True):  # float64 features ignore it
+    h64, w64 = h.astype(jnp.float64), w.astype(jnp.float64)
+    np.testing.assert_array_equal(
+        losses.chunked_cross_entropy(h64, w64, y, 8, "bfloat16"),
+        losses.chunked_cross_entropy(h64, w64, y, 8))
+  with pytest.raises(ValueError, match="logits_dtype must be one of"):
+    losses.chunked_cross_entropy(h, w, y, 8, "float16")
+
+
 def test_chunk_size_rules():
   assert losses.chunk_size(16, 1024, 50304) == 128  # 16 x 128 x 50304 < 2^27
   assert losses.chunk_size(32, 512, 256) == 512  # small vocab: one chunk

@@ -1,6 +1,7 @@
 """Training: sharded == unsharded, exact resume, one compile, learning, errors."""
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -98,6 +99,36 @@ def test_runs_of_different_length_share_one_program():
     texts.append(trainer.step.lower(state, batch,
                                     train.schedule_array(cfg)).as_text())
   assert texts[0] == texts[1]
+
+
+def test_bfloat16_logits_train_close_and_evaluate_in_float32(tmp_path):
+  """loss_logits_dtype="bfloat16" changes a step's losses by bf16 rounding of
+  the logits only; validation of the same parameters is float32 either way.
+  A workdir written before the field existed resumes as its default."""
+  mesh = sharding.make_mesh((1, 1, 1))
+  bf16 = dataclasses.replace(SMALL, loss_logits_dtype="bfloat16")
+  trainers = [train.build(c, mesh) for c in (SMALL, bf16)]
+  batch = np.random.default_rng(0).integers(0, 256, (16, 33), dtype=np.int32)
+  out = []
+  for t in trainers:
+    state = t.init(jax.random.PRNGKey(0))
+    out.append((np.asarray(t.evaluate(state.params, batch)),
+                np.asarray(t.step(state, batch,
+                                  train.schedule_array(SMALL))[1][
+                                      "exit_losses"])))
+  (eval32, step32), (eval16, step16) = out
+  np.testing.assert_array_equal(eval16, eval32)
+  np.testing.assert_allclose(step32, eval32, rtol=1e-6)  # same params, f32
+  assert 0 < np.abs(step16 - step32).max() < 1e-3 * step32.min()
+  with pytest.raises(ValueError, match="loss_logits_dtype must be"):
+    dataclasses.replace(SMALL, loss_logits_dtype="float16")
+  old = SMALL.to_dict()
+  del old["loss_logits_dtype"]
+  os.makedirs(tmp_path / "old")
+  (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+  train._check_workdir(str(tmp_path / "old"), [SMALL])  # no error
+  with pytest.raises(ValueError, match="loss_logits_dtype"):
+    train._check_workdir(str(tmp_path / "old"), [bf16])
 
 
 def test_learning_rate_matches_optax_schedule():
