@@ -285,7 +285,9 @@ def load_corpus(d: DataConfig) -> data_lib.Corpus:
 
 def _versions() -> dict:
   import grain
-  return {"python": platform.python_version(), "jax": jax.__version__,
+  import familial_jax
+  return {"familial_jax": familial_jax.__version__,
+          "python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": importlib.metadata.version("jaxlib"),
           "flax": flax.__version__,
           "optax": optax.__version__, "orbax": ocp.__version__,

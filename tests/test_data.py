@@ -87,6 +87,20 @@ def test_windows_batches_and_checkpointable_order():
   assert not np.array_equal(other, first[0])
 
 
+def test_every_epoch_draws_windows_without_replacement():
+  stream = np.arange(1, 1001, dtype=np.int64)  # token = position + 1
+  it = iter(data.train_dataset(stream, 9, 4, seed=0))
+  # 111 windows, 27 batches per epoch; the 3 left over differ per epoch.
+  epochs = [np.concatenate([next(it) for _ in range(27)]) for _ in range(2)]
+  starts = []
+  for e in epochs:
+    np.testing.assert_array_equal(e, stream[(e[:, :1] - 1) + np.arange(10)])
+    first = e[:, 0] - 1
+    assert np.all(first % 9 == 0) and len(set(first)) == 108
+    starts.append(set(first // 9))
+  assert len(starts[0] | starts[1]) > 108  # a new permutation each epoch
+
+
 def test_per_process_rows_partition_the_global_batch():
   stream = (np.arange(5000) % 256).astype(np.uint8)
   full = next(iter(data.train_dataset(stream, 16, 8, seed=0)))

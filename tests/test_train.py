@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+import familial_jax
 from familial_jax import data, sharding, train
 from familial_jax.config import DataConfig, ModelConfig, TrainConfig
 
@@ -162,6 +163,7 @@ def test_learns_below_a_data_derived_threshold(tmp_path):
     assert key in record
   assert record["D"] == 300 * 16 * 64
   assert record["corpus"]["sha256"] == data.default_corpus().sha256
+  assert record["versions"]["familial_jax"] == familial_jax.__version__
   # The phases split the wall time (the rest: writing the record).
   timing = record["timing"]
   assert set(timing) == {"setup", "first_step", "steps", "eval", "checkpoint"}

@@ -7,9 +7,14 @@
   range, so the split depends only on the document's name.
 - Packing: the train documents form one token stream cut into windows of
   seq_len + 1 tokens with stride seq_len (inputs = w[:-1], targets = w[1:]).
-- Training order: a grain `MapDataset` over windows, shuffled with the seed
-  and reshuffled every epoch, batched; its iterator state is a small dict
-  saved with every checkpoint, so a resumed run sees the same batches.
+- Training order: epoch e is a permutation of the windows drawn from
+  (seed, e); batch j of epoch e is windows j*B .. (j+1)*B - 1 of it (the last
+  len % B windows of each permutation are skipped, others next epoch).
+  A grain `MapDataset` over batch indices gathers each batch from the stream
+  with one numpy fancy index (0.11 ms for 32 x 129 tokens, against 1.5 ms
+  shuffling and batching window by window in grain); its iterator state is a
+  small dict saved with every checkpoint, so a resumed run sees the same
+  batches.
 - Validation: the first `eval_windows` windows of the validation stream, a
   fixed held-out token set.
 - Multi-host: process p of P takes the p-th contiguous block of rows of every
@@ -84,6 +89,30 @@ class Windows(grain.sources.RandomAccessDataSource):
     return self._stream[start:start + self._seq_len + 1].astype(np.int32)
 
 
+class _ShuffledBatches:
+  """Batch index -> [rows, seq_len + 1] int32 windows (see the module doc)."""
+
+  def __init__(self, stream: np.ndarray, seq_len: int, global_batch: int,
+               seed: int, rows: slice):
+    self._stream, self._seed, self._rows = stream, seed, rows
+    self._batch = global_batch
+    self._windows = (len(stream) - 1) // seq_len
+    self._per_epoch = self._windows // global_batch
+    self._offsets = np.arange(seq_len + 1)
+    self._seq_len = seq_len
+    self._epoch, self._perm = -1, None
+
+  def __call__(self, index: int) -> np.ndarray:
+    epoch, j = divmod(int(index), self._per_epoch)
+    if epoch != self._epoch:
+      self._perm = np.random.default_rng([self._seed, epoch]).permutation(
+          self._windows)
+      self._epoch = epoch
+    ids = self._perm[j * self._batch:(j + 1) * self._batch][self._rows]
+    return self._stream[ids[:, None] * self._seq_len +
+                        self._offsets].astype(np.int32)
+
+
 def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
                   seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
@@ -91,21 +120,20 @@ def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
 
   Yields int32 arrays [global_batch // process_count, seq_len + 1].
   """
-  windows = Windows(stream, seq_len)
-  if len(windows) < global_batch:
+  windows = (len(stream) - 1) // seq_len
+  if windows < global_batch:
     raise ValueError(
-        f"the training stream has {len(windows)} windows of {seq_len + 1} "
+        f"the training stream has {windows} windows of {seq_len + 1} "
         f"tokens, fewer than one batch of {global_batch}; use more text, a "
         "shorter sequence or a smaller batch.")
   if global_batch % process_count:
     raise ValueError(f"global batch {global_batch} is not divisible by the "
                      f"{process_count} processes.")
-  ds = (grain.MapDataset.source(windows).shuffle(seed=seed).repeat(None)
-        .batch(global_batch, drop_remainder=True))
-  if process_count > 1:
-    rows = global_batch // process_count
-    ds = ds.map(lambda b: b[process_index * rows:(process_index + 1) * rows])
-  return ds.to_iter_dataset()
+  rows = global_batch // process_count
+  gather = _ShuffledBatches(
+      stream, seq_len, global_batch, seed,
+      slice(process_index * rows, (process_index + 1) * rows))
+  return grain.MapDataset.range(2 ** 62).map(gather).to_iter_dataset()
 
 
 def validation_windows(stream: np.ndarray, seq_len: int,
