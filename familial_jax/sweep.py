@@ -114,7 +114,10 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
                     planned_compute=p.compute)
       store.write(record)
       ran += 1
-      log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)}")
+      phases = ", ".join(f"{k} {v:.1f}" for k, v in record.get(
+          "timing", {}).items())
+      log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)} "
+          f"({record['wall_seconds']:.1f} s: {phases})")
     eta = (time.time() - start) / ran * (len(todo) - ran)
     log(f"{ran}/{len(todo)} of this shard done, ETA {eta:.0f}s")
   done = [p.id for p in points if store.read(p.id) is not None]
