@@ -74,43 +74,41 @@ def token_streams(corpus: Corpus, val_fraction: float,
   return np.concatenate(parts[False]), np.concatenate(parts[True])
 
 
-class Windows(grain.sources.RandomAccessDataSource):
+class Windows:
   """Fixed windows of seq_len + 1 tokens over a stream, stride seq_len."""
 
   def __init__(self, stream: np.ndarray, seq_len: int):
     self._stream, self._seq_len = stream, seq_len
+    self._offsets = np.arange(seq_len + 1)
     self._n = (len(stream) - 1) // seq_len
 
   def __len__(self):
     return self._n
 
-  def __getitem__(self, i):
-    start = int(i) * self._seq_len
-    return self._stream[start:start + self._seq_len + 1].astype(np.int32)
+  def gather(self, ids: np.ndarray) -> np.ndarray:
+    """Windows `ids` as one int32 array [len(ids), seq_len + 1]."""
+    starts = np.asarray(ids)[:, None] * self._seq_len
+    return self._stream[starts + self._offsets].astype(np.int32)
 
 
 class _ShuffledBatches:
   """Batch index -> [rows, seq_len + 1] int32 windows (see the module doc)."""
 
-  def __init__(self, stream: np.ndarray, seq_len: int, global_batch: int,
-               seed: int, rows: slice):
-    self._stream, self._seed, self._rows = stream, seed, rows
-    self._batch = global_batch
-    self._windows = (len(stream) - 1) // seq_len
-    self._per_epoch = self._windows // global_batch
-    self._offsets = np.arange(seq_len + 1)
-    self._seq_len = seq_len
+  def __init__(self, windows: Windows, global_batch: int, seed: int,
+               rows: slice):
+    self._windows, self._batch = windows, global_batch
+    self._seed, self._rows = seed, rows
+    self._per_epoch = len(windows) // global_batch
     self._epoch, self._perm = -1, None
 
   def __call__(self, index: int) -> np.ndarray:
     epoch, j = divmod(int(index), self._per_epoch)
     if epoch != self._epoch:
       self._perm = np.random.default_rng([self._seed, epoch]).permutation(
-          self._windows)
+          len(self._windows))
       self._epoch = epoch
-    ids = self._perm[j * self._batch:(j + 1) * self._batch][self._rows]
-    return self._stream[ids[:, None] * self._seq_len +
-                        self._offsets].astype(np.int32)
+    batch = self._perm[j * self._batch:(j + 1) * self._batch]
+    return self._windows.gather(batch[self._rows])
 
 
 def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
@@ -120,10 +118,10 @@ def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
 
   Yields int32 arrays [global_batch // process_count, seq_len + 1].
   """
-  windows = (len(stream) - 1) // seq_len
-  if windows < global_batch:
+  windows = Windows(stream, seq_len)
+  if len(windows) < global_batch:
     raise ValueError(
-        f"the training stream has {windows} windows of {seq_len + 1} "
+        f"the training stream has {len(windows)} windows of {seq_len + 1} "
         f"tokens, fewer than one batch of {global_batch}; use more text, a "
         "shorter sequence or a smaller batch.")
   if global_batch % process_count:
@@ -131,7 +129,7 @@ def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
                      f"{process_count} processes.")
   rows = global_batch // process_count
   gather = _ShuffledBatches(
-      stream, seq_len, global_batch, seed,
+      windows, global_batch, seed,
       slice(process_index * rows, (process_index + 1) * rows))
   return grain.MapDataset.range(2 ** 62).map(gather).to_iter_dataset()
 
@@ -142,8 +140,7 @@ def validation_windows(stream: np.ndarray, seq_len: int,
   windows = Windows(stream, seq_len)
   if len(windows) < 1:
     raise ValueError("the validation stream is shorter than one window.")
-  n = min(eval_windows, len(windows))
-  return np.stack([windows[i] for i in range(n)])
+  return windows.gather(np.arange(min(eval_windows, len(windows))))
 
 
 def unigram_entropy(stream: np.ndarray, vocab_size: int = 256) -> float:
