@@ -18,6 +18,8 @@ from typing import Sequence
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
 REMAT_POLICIES = ("none", "block", "dots")
+# Storage dtypes of the exit loss' logits (`losses.chunked_cross_entropy`).
+LOSS_LOGITS_DTYPES = ("float32", "bfloat16")
 
 
 def _require_ints(config, names, minimum: int) -> None:
@@ -325,9 +327,9 @@ class TrainConfig:
     for name in ("learning_rate", "grad_clip"):
       if not getattr(self, name) > 0:
         raise ValueError(f"TrainConfig.{name} must be > 0.")
-    if self.loss_logits_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"TrainConfig.loss_logits_dtype must be 'float32' or "
-                       f"'bfloat16', got {self.loss_logits_dtype!r}.")
+    if self.loss_logits_dtype not in LOSS_LOGITS_DTYPES:
+      raise ValueError(f"TrainConfig.loss_logits_dtype must be one of "
+                       f"{LOSS_LOGITS_DTYPES}, got {self.loss_logits_dtype!r}.")
 
   @property
   def weights(self) -> tuple[float, ...]:

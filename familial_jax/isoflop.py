@@ -111,12 +111,11 @@ class SweepConfig:
         or self.group_size < 1):
       raise ValueError(f"SweepConfig.group_size must be an integer >= 1, got "
                        f"{self.group_size!r}.")
-    # Validates dtype, attention and remat with ModelConfig's messages.
+    # Validates dtype, attention, remat and the loss' logits dtype with
+    # ModelConfig's and TrainConfig's messages.
     ModelConfig(dtype=self.compute_dtype, attention=self.attention,
                 remat=self.remat)
-    if self.loss_logits_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"SweepConfig.loss_logits_dtype must be 'float32' or "
-                       f"'bfloat16', got {self.loss_logits_dtype!r}.")
+    TrainConfig(loss_logits_dtype=self.loss_logits_dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,8 +19,9 @@ the plain loss; no logits ever written to or read from HBM in full. Without
 differentiation (evaluation) only the loss is computed.
 
 Each chunk's logits still make a round trip through memory between the matmul
-and the softmax: about 22 bytes per logit in float32 (written once, read by
-the two reductions and the softmax, dz written and read by two matmuls).
+and the softmax: by count (not measured), about 22 bytes per logit in float32
+(written once, read by the two reductions and the softmax, dz written and
+read by two matmuls).
 `logits_dtype="bfloat16"` has the matmul emit bf16 logits (accumulated in
 float32, rounded once, as MaxText does by default): about 14 bytes per logit,
 the softmax and loss still computed in float32. It rounds every logit to 8
@@ -33,6 +34,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from familial_jax.config import LOSS_LOGITS_DTYPES
 
 # Elements of one chunk's float32 logits (2^27 x 4 bytes = 512 MiB). Measured
 # on an H100 at batch 16 x 1024, vocabulary 50304, G = 4 (benchmarks/results/
@@ -82,7 +85,7 @@ def _dot(spec, a, b, acc):
 def _logits(h, w, acc, logits_dtype):
   """h [B, c, D] @ w [D, V] accumulated in `acc`, stored in `logits_dtype`
   (None: `acc`), returned in `acc` for the softmax."""
-  if logits_dtype is None or jnp.dtype(logits_dtype) == acc:
+  if logits_dtype is None:
     return _dot("btd,dv->btv", h, w, acc)
   if jax.default_backend() == "cpu":  # no bf16-output dot: round the result
     z = _dot("btd,dv->btv", h, w, acc).astype(logits_dtype)
@@ -143,9 +146,6 @@ def _ce_bwd(n_chunks, logits_dtype, res, g):
 _ce_sum.defvjp(_ce_fwd, _ce_bwd)
 
 
-LOGITS_DTYPES = ("float32", "bfloat16")
-
-
 def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array,
                           chunk: int = 0,
                           logits_dtype: str = "float32") -> jax.Array:
@@ -173,10 +173,12 @@ def chunked_cross_entropy(h: jax.Array, w: jax.Array, targets: jax.Array,
     raise ValueError(f"shapes do not match: features {h.shape} ([B, T, D]), "
                      f"unembedding {w.shape} ([D, V]), targets "
                      f"{targets.shape} ([B, T]).")
-  if logits_dtype not in LOGITS_DTYPES:
-    raise ValueError(f"logits_dtype must be one of {LOGITS_DTYPES}, got "
-                     f"{logits_dtype!r}.")
+  if logits_dtype not in LOSS_LOGITS_DTYPES:
+    raise ValueError(f"logits_dtype must be one of {LOSS_LOGITS_DTYPES}, "
+                     f"got {logits_dtype!r}.")
   b, t = targets.shape
   n = t // chunk_size(b, t, w.shape[1], chunk)
-  store = None if h.dtype == jnp.float64 else logits_dtype
+  # Rounding only narrows: float32 logits (or float64 features) store as is.
+  store = (None if logits_dtype == "float32" or h.dtype == jnp.float64 else
+           logits_dtype)
   return _ce_sum(h, w, targets.astype(jnp.int32), n, store) / (b * t)
