@@ -33,8 +33,9 @@ import tempfile
 import time
 
 # This process only reads the device's name: it must not take the
-# accelerator's memory from the sweeps it starts.
-_USER_PREALLOCATE = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+# accelerator's memory from the sweeps it starts (which get the environment
+# as it was).
+_CHILD_ENV = dict(os.environ)
 os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -43,6 +44,7 @@ import jax
 
 from familial_jax import flops
 from familial_jax import isoflop
+from familial_jax import sweep as sweep_lib
 from familial_jax.results import ResultsStore
 
 _OUTPUT = flags.DEFINE_string("output", None, "JSON record of the run.")
@@ -50,6 +52,9 @@ _SMALL = flags.DEFINE_bool("small", False, "CPU-sized sweep.")
 _MODES = flags.DEFINE_list(
     "modes", ["one_by_one", "grouped", "sharded", "grouped_sharded"],
     "Which paths to run (one_by_one first: the others are compared to it).")
+_SHARDS = flags.DEFINE_integer(
+    "shards", min(8, os.cpu_count() or 1),
+    "Processes of the sharded modes (default: min(8, CPU cores)).")
 
 
 def small_sweep(gpu: bool, small: bool) -> isoflop.SweepConfig:
@@ -64,10 +69,6 @@ def small_sweep(gpu: bool, small: bool) -> isoflop.SweepConfig:
       compute_dtype="bfloat16" if gpu else "float32",
       attention="cudnn" if gpu else "xla")
 
-
-_SHARDS = flags.DEFINE_integer(
-    "shards", min(8, os.cpu_count() or 1),
-    "Processes of the sharded modes (default: min(8, CPU cores)).")
 
 MODES = {"one_by_one": (False, False), "grouped": (True, False),
          "sharded": (False, True), "grouped_sharded": (True, True)}
@@ -86,12 +87,8 @@ def run_mode(sweep: isoflop.SweepConfig, group_size: int,
   """Runs the sweep in `shards` fresh processes; wall time, losses, phases."""
   cfg = json.dumps(dataclasses.asdict(
       dataclasses.replace(sweep, group_size=group_size)), default=list)
-  env = dict(os.environ)
-  env.pop("XLA_PYTHON_CLIENT_PREALLOCATE")
-  if _USER_PREALLOCATE is not None:
-    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = _USER_PREALLOCATE
-  if shards > 1:
-    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / shards:.3f}")
+  env = (sweep_lib.local_shard_env(shards, _CHILD_ENV) if shards > 1 else
+         _CHILD_ENV)
   with tempfile.TemporaryDirectory() as workdir:
     t = time.perf_counter()
     procs = [subprocess.Popen(
@@ -105,12 +102,10 @@ def run_mode(sweep: isoflop.SweepConfig, group_size: int,
         raise RuntimeError(f"group_size={group_size} shards={shards} failed:"
                            f"\n{err[-3000:]}")
     records = list(ResultsStore(workdir).records())
-  phases, runs = collections.Counter(), set()
-  for r in records:  # the members of a group share one run's timing
-    key = json.dumps(r["timing"], sort_keys=True)
-    if key not in runs:
-      runs.add(key)
-      phases.update(r["timing"])
+  phases = collections.Counter()
+  for r in records:  # the members of a group share their run's timing
+    phases.update({k: v / r.get("group_size", 1)
+                   for k, v in r["timing"].items()})
   return {"wall": wall, "points": len(records),
           "phases": {k: round(v, 2) for k, v in phases.items()},
           "losses": {r["point_id"]: r["exit_losses"] for r in records}}

@@ -61,8 +61,7 @@ def _run_local_shards(n: int, log) -> int:
       skip = True
       continue
     args.append(a)
-  env = dict(os.environ)
-  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / n:.3f}")
+  env = sweep_lib.local_shard_env(n)
   procs = [subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), *args, f"--shard_index={i}",
        f"--num_shards={n}", "--skip_fit"], env=env) for i in range(n)]

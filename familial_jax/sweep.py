@@ -37,6 +37,15 @@ def enable_compilation_cache(directory: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def local_shard_env(n: int, environ=None) -> dict:
+  """The environment of one of n shard processes sharing this machine's
+  accelerator: 0.9 / n of its memory each, unless
+  XLA_PYTHON_CLIENT_MEM_FRACTION is set already."""
+  env = dict(os.environ if environ is None else environ)
+  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / n:.3f}")
+  return env
+
+
 def plan(sweep: isoflop.SweepConfig):
   """Plans against the corpus' real training-token count."""
   train_tokens = len(train.load_data(sweep.data).train)
@@ -114,8 +123,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
                     planned_compute=p.compute)
       store.write(record)
       ran += 1
-      phases = ", ".join(f"{k} {v:.1f}" for k, v in record.get(
-          "timing", {}).items())
+      phases = ", ".join(f"{k} {v:.1f}" for k, v in record["timing"].items())
       log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)} "
           f"({record['wall_seconds']:.1f} s: {phases})")
     eta = (time.time() - start) / ran * (len(todo) - ran)
