@@ -225,8 +225,9 @@ def checkpoint_cadence(sweep: SweepConfig, flops_per_token: float,
   """Steps between a point's mid-run checkpoints (0: none): the steps of
   `sweep.checkpoint_minutes` of planned training at `sweep.flops_per_second`.
 
-  A mid-run checkpoint costs a fixed ~0.1-1 s (more for a vmapped group's
-  state); a point that trains for seconds gains nothing from one.
+  Every save costs a fixed time (about 0.15 s for the small models of
+  `benchmarks/sweep_throughput.py --small` on a 2-core CPU, measured); a
+  point that trains for seconds gains nothing from a mid-run one.
   """
   step_seconds = (flops_per_token * sweep.batch_size * sweep.ladder.seq_len /
                   sweep.flops_per_second)
