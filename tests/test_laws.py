@@ -91,6 +91,36 @@ def test_synthetic_recovers_gamma_and_selects_true_form():
   assert errors["multiplicative"] < errors["reducible"] < errors["chinchilla"]
 
 
+def test_heldout_ties_go_to_the_simpler_then_the_papers_form():
+  # Clear winner: nothing ties.
+  assert laws.select_form({"chinchilla": 0.0778, "multiplicative": 0.0625,
+                           "reducible": 0.0700}) == ["multiplicative"]
+  # tiny_cpu on two CPUs: E -> 0 makes multiplicative and reducible one law,
+  # and their held-out errors differ in the 4th digit by float rounding.
+  for mult, red in [(0.062499037, 0.062506665), (0.062499295, 0.062497800)]:
+    assert laws.select_form({"chinchilla": 0.0778, "multiplicative": mult,
+                             "reducible": red}) == ["multiplicative",
+                                                    "reducible"]
+  # Fewer parameters win a tie (no evidence for a G term) ...
+  assert laws.select_form({"chinchilla": 0.0251, "multiplicative": 0.0250,
+                           "reducible": 0.0249})[0] == "chinchilla"
+  # ... and just outside the tolerance the lowest error wins.
+  assert laws.select_form({"chinchilla": 0.0252, "multiplicative": 0.0250,
+                           "reducible": 0.0249}, tie_rtol=1e-3) == [
+                               "reducible"]
+
+
+def test_bootstrap_counts_replicates_that_converged():
+  table = synthetic_table()
+  result = laws.fit(table, "multiplicative")
+  boot = laws.bootstrap(table, result, 20, seed=1)
+  assert boot.n_converged == boot.n_ok == 20
+  assert boot.to_json()["n_converged"] == 20
+  # Cut short, replicates stop before their optimum and say so.
+  short = laws.bootstrap(table, result, 20, seed=1, maxiter=1)
+  assert short.n_converged < 20
+
+
 def test_forms_match_their_closed_forms():
   n, d, g = np.array([1e6, 3e8]), np.array([1e9, 2e11]), np.array([1, 4])
   e, a, b, al, be, ga = (TRUE[k] for k in ("E", "A", "B", "alpha", "beta",
@@ -296,20 +326,36 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   with open(os.path.join(committed, "fits.json")) as f:
     want = json.load(f)
   assert got["selected_form"] == want["selected_form"]
+  assert got["selection_tied"] == want["selection_tied"]
+  # What the fits identify is reproduced to 1e-6 on any CPU; what rides on a
+  # flat direction is not, and the tolerances say how far float rounding
+  # moved it between the two x86-64 CPUs this ran on (committed on one,
+  # checked on an AMD EPYC with AVX2):
+  # - E ~ 1e-16 here: not identified, only ~0 is asserted;
+  # - held-out errors: fold fits stop at different points along the flat E
+  #   direction (1.4e-4 relative for reducible);
+  # - bootstrap intervals: replicates on flat or twin optima move their
+  #   order statistics (1.5% on multiplicative's gamma lower bound), and
+  #   replicates that did not converge say where L-BFGS stopped (reducible:
+  #   6 of 100 converged; a 1e-12 change of their start moves nearly all of
+  #   them), so only fully converged bootstraps are compared.
   for name, w in want["fits"].items():
     g = got["fits"][name]
+    boot = w["bootstrap"]
+    assert g["bootstrap"]["n_converged"] == pytest.approx(
+        boot["n_converged"], abs=0.05 * boot["n_boot"])
     for k, v in w["params"].items():
-      if k != "E":  # E ~ 1e-16 here: not identified, only ~0 is asserted
-        assert g["params"][k] == pytest.approx(v, rel=1e-6), (name, k)
-      lo, hi = w["bootstrap"]["intervals"][k]
-      if k != "E":
-        assert g["bootstrap"]["intervals"][k] == pytest.approx([lo, hi],
-                                                              rel=1e-6)
+      if k == "E":
+        continue
+      assert g["params"][k] == pytest.approx(v, rel=1e-6), (name, k)
+      if boot["n_converged"] == boot["n_boot"]:
+        assert g["bootstrap"]["intervals"][k] == pytest.approx(
+            boot["intervals"][k], rel=5e-2), (name, k)
     if w.get("heldout_rmse_log") is None:
       assert g.get("heldout_rmse_log") is None
     else:
       assert g["heldout_rmse_log"] == pytest.approx(w["heldout_rmse_log"],
-                                                    rel=1e-6)
+                                                    rel=1e-3)
   # Verdicts exactly; the texts' 3-4 digit numbers come from the parameters
   # checked above (an exact text match could flip a last digit on another CPU).
   assert [(c["claim"], c["verdict"]) for c in got["claims"]] == [

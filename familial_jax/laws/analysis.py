@@ -45,6 +45,11 @@ class Bootstrap:
     level: coverage of the intervals (0.95 by default).
     resample: "point" or "budget".
     n_boot: replicates requested; n_ok: replicates with a finite optimum.
+    n_converged: replicates whose final gradient norm is <= 1e-6 (the main
+      fit's criterion). Where many did not converge (they stop at `maxiter`
+      along a flat direction, e.g. an unidentified E), the intervals say
+      where L-BFGS stopped more than where the optima are, and can move with
+      the CPU's float rounding.
   """
 
   form: str
@@ -54,11 +59,19 @@ class Bootstrap:
   resample: str
   n_boot: int
   n_ok: int
+  n_converged: int
 
   def to_json(self) -> dict:
     return {"intervals": {k: list(v) for k, v in self.intervals.items()},
             "level": self.level, "resample": self.resample,
-            "n_boot": self.n_boot, "n_ok": self.n_ok}
+            "n_boot": self.n_boot, "n_ok": self.n_ok,
+            "n_converged": self.n_converged}
+
+
+# Held-out errors closer than this (relative) are a tie (`leave_one_budget_out`):
+# a 1% difference in a leave-one-budget-out error over a handful of budgets is
+# no evidence for either form.
+TIE_RTOL = 1e-2
 
 
 def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
@@ -113,9 +126,10 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
   batched = jax.vmap(solve, in_axes=(None, None, None, 0))
   with jax.enable_x64(True):
     xp, yp, wp = fit_lib.pad_points(x, y, weights.astype(np.float64))
-    thetas, values, _ = batched(np.asarray(result.raw), xp, yp, wp)
+    thetas, values, grads = batched(np.asarray(result.raw), xp, yp, wp)
     thetas, values = np.asarray(thetas), np.asarray(values)
   ok = np.isfinite(values) & np.all(np.isfinite(thetas), 1)
+  converged = ok & (np.asarray(grads) <= 1e-6)
   natural = [form.to_natural(t) for t in thetas[ok]]
   samples = {k: np.array([p[k] for p in natural]) for k in form.param_names}
   tail = 100 * (1 - level) / 2
@@ -123,7 +137,7 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
                    float(np.percentile(v, 100 - tail)))
                for k, v in samples.items()}
   return Bootstrap(form.name, samples, intervals, level, resample, n_boot,
-                   int(ok.sum()))
+                   int(ok.sum()), int(converged.sum()))
 
 
 def _budgets(table, form) -> np.ndarray:
@@ -135,12 +149,21 @@ def _budgets(table, form) -> np.ndarray:
 
 def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
                          huber_delta: float = 1e-3,
-                         backend: str = "jaxopt") -> dict:
+                         backend: str = "jaxopt",
+                         tie_rtol: float = TIE_RTOL) -> dict:
   """Held-out error of each form, leaving one compute budget out at a time.
 
   For every budget, each form is fitted (full grid search) on the other
   budgets and predicts the held-out points. The error is the RMSE of the
   held-out log-loss residuals, pooled over all budgets.
+
+  Forms whose errors lie within `tie_rtol` (relative) of the lowest are tied:
+  such differences are float rounding, not evidence (when the fitted E goes to
+  0 the multiplicative and reducible forms are the same law, and where their
+  fits stop along that flat direction changes the 4th digit of the error from
+  one CPU to another). Of tied forms the one with the fewest parameters wins,
+  then the earliest in `forms_lib.UNIFIED_FORMS` (chinchilla, multiplicative,
+  reducible: the paper's form before the alternative).
 
   Args:
     table: loss table with a `budget` column (else budgets are 6ND rounded to
@@ -148,10 +171,12 @@ def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
     forms: form names to compare.
     huber_delta: Huber delta of the fits.
     backend: L-BFGS backend.
+    tie_rtol: relative difference of held-out errors below which forms tie.
 
   Returns:
     {"forms": {name: {"rmse_log": float, "per_budget": {C: rmse}}},
-     "best": name of the form with the lowest held-out error}.
+     "best": the selected form, "tied": the forms tied with the lowest error
+     (the best among them; just the best when nothing ties)}.
   """
   out = {}
   for name in forms:
@@ -176,8 +201,24 @@ def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
       per_budget[float(b)] = float(np.sqrt(np.mean(r ** 2)))
     out[name] = {"rmse_log": float(np.sqrt(np.mean(np.concatenate(sq)))),
                  "per_budget": per_budget}
-  best = min(out, key=lambda k: out[k]["rmse_log"])
-  return {"forms": out, "best": best}
+  tied = select_form({k: v["rmse_log"] for k, v in out.items()}, tie_rtol)
+  return {"forms": out, "best": tied[0], "tied": tied}
+
+
+def select_form(errors: dict[str, float],
+                tie_rtol: float = TIE_RTOL) -> list[str]:
+  """The forms whose held-out errors tie with the lowest, best first.
+
+  Tied: within `tie_rtol` (relative) of the lowest error. Order: fewest
+  parameters, then `forms_lib.UNIFIED_FORMS` order. The first is the
+  selected form (see `leave_one_budget_out`).
+  """
+  lowest = min(errors.values())
+  order = list(forms_lib.UNIFIED_FORMS)
+  tied = [k for k in errors if errors[k] <= lowest * (1 + tie_rtol)]
+  return sorted(tied, key=lambda k: (forms_lib.get_form(k).n_params,
+                                     order.index(k) if k in order
+                                     else len(order)))
 
 
 def _law(result):

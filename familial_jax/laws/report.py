@@ -30,7 +30,9 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
   """Fits every form, with bootstrap intervals and held-out selection.
 
   Returns:
-    JSON-ready {"fits": {form: {...}}, "selected_form": name or None}.
+    JSON-ready {"fits": {form: {...}}, "selected_form": name or None,
+    "selection_tied": the forms whose held-out errors tied with the lowest
+    (`analysis.leave_one_budget_out`)}.
   """
   forms = default_forms(table) if forms is None else list(forms)
   out = {}
@@ -43,14 +45,15 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
           seed=seed).to_json()
     out[name] = entry
   unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
-  selected = None
+  selected, tied = None, []
   if len(unified) > 1:
     selection = analysis.leave_one_budget_out(table, unified, huber_delta,
                                               backend)
     for name, v in selection["forms"].items():
       out[name]["heldout_rmse_log"] = v["rmse_log"]
-    selected = selection["best"]
-  return {"fits": out, "selected_form": selected, "huber_delta": huber_delta}
+    selected, tied = selection["best"], selection["tied"]
+  return {"fits": out, "selected_form": selected, "selection_tied": tied,
+          "huber_delta": huber_delta}
 
 
 def _result(report: dict, form: str) -> fit_lib.FitResult:
@@ -116,6 +119,16 @@ def analyse_sweep(report: dict, table, sweep) -> None:
   report["claims"] = claims(report, table, sweep.ladder)
 
 
+def _tie_note(report: dict) -> str:
+  """' (tied with ...)' when held-out selection was a tie, else ''."""
+  others = [f for f in report.get("selection_tied", [])
+            if f != report.get("selected_form")]
+  if not others:
+    return ""
+  return (f" (tied within {100 * analysis.TIE_RTOL:g}% with "
+          f"{', '.join(others)}: fewest parameters, then the paper's form)")
+
+
 def format_report(report: dict) -> str:
   """Plain-text table of every fit."""
   lines = []
@@ -130,6 +143,9 @@ def format_report(report: dict) -> str:
     header = f"  {'param':<7}{'value':>14}"
     if intervals:
       header += f"   {int(round(100 * boot['level']))}% interval"
+      if "n_converged" in boot:
+        header += (f" ({boot['n_converged']} of {boot['n_boot']} bootstrap "
+                   "fits converged)")
     lines.append(header)
     for k, v in entry["params"].items():
       row = f"  {k:<7}{v:>14.6g}"
@@ -139,7 +155,7 @@ def format_report(report: dict) -> str:
       lines.append(row)
   if report.get("selected_form"):
     lines.append("held-out selection (leave one budget out) prefers: "
-                 f"{report['selected_form']}")
+                 f"{report['selected_form']}" + _tie_note(report))
   return "\n".join(lines)
 
 
@@ -167,8 +183,13 @@ def markdown(report: dict, figures: dict[str, str], root: str) -> str:
   out.append("")
   if report.get("selected_form"):
     out.append(f"Held-out selection (leave one budget out) prefers "
-               f"**{report['selected_form']}**.")
-  out.append("Intervals: bootstrap percentile intervals (see fits.json).")
+               f"**{report['selected_form']}**{_tie_note(report)}.")
+  out.append("Intervals: bootstrap percentile intervals (see fits.json); "
+             "bootstrap fits converged: " + ", ".join(
+                 f"{name} {e['bootstrap']['n_converged']}/"
+                 f"{e['bootstrap']['n_boot']}"
+                 for name, e in report["fits"].items()
+                 if "n_converged" in e.get("bootstrap", {})) + ".")
   out.append("")
   alloc = allocation_rows(report)
   if alloc:
