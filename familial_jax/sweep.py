@@ -104,30 +104,40 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
       f"{len(mine) - len(todo)} already done, {len(todo)} to run")
   start, ran = time.time(), 0
-  for group in isoflop.groups(todo, sweep.group_size):
-    ids = "+".join(p.id for p in group)
-    for p in group:
-      log(f"[{ran + 1}/{len(todo)}] {p.id}: N={p.params:,} D={p.tokens:,} "
-          f"steps={p.train.steps}" + (f" (group {ids})" if len(group) > 1
-                                      else ""))
-    records = train.run_group(
-        [p.train for p in group], os.path.join(workdir, "runs", ids),
-        log=lambda s, tag=ids: log(f"  {tag} {s}"))
-    if isinstance(records, dict):  # preempted (SIGTERM): checkpointed, stop
-      log(f"preempted during {ids}; rerun the same command to resume")
-      return {"planned": len(points), "ran": ran, "preempted": True,
-              "complete": False}
-    faults.reach("record")
-    for p, record in zip(group, records):
-      record.update(point_id=p.id, budget=p.budget, depth=p.depth,
-                    planned_compute=p.compute)
-      store.write(record)
-      ran += 1
-      phases = ", ".join(f"{k} {v:.1f}" for k, v in record["timing"].items())
-      log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)} "
-          f"({record['wall_seconds']:.1f} s: {phases})")
-    eta = (time.time() - start) / ran * (len(todo) - ran)
-    log(f"{ran}/{len(todo)} of this shard done, ETA {eta:.0f}s")
+  # SIGTERM from here on finishes (or checkpoints) the point in hand and
+  # starts no other: a notice during a point's compilation, evaluation or
+  # record costs at most one step of it.
+  with train.Preemption() as preemption:
+    for group in isoflop.groups(todo, sweep.group_size):
+      ids = "+".join(p.id for p in group)
+      if preemption.requested:
+        log(f"SIGTERM: stopping before {ids}; rerun the same command to "
+            "resume")
+        return {"planned": len(points), "ran": ran, "preempted": True,
+                "complete": False}
+      for p in group:
+        log(f"[{ran + 1}/{len(todo)}] {p.id}: N={p.params:,} "
+            f"D={p.tokens:,} steps={p.train.steps}" +
+            (f" (group {ids})" if len(group) > 1 else ""))
+      records = train.run_group(
+          [p.train for p in group], os.path.join(workdir, "runs", ids),
+          log=lambda s, tag=ids: log(f"  {tag} {s}"), preemption=preemption)
+      if isinstance(records, dict):  # preempted (SIGTERM): checkpointed, stop
+        log(f"preempted during {ids}; rerun the same command to resume")
+        return {"planned": len(points), "ran": ran, "preempted": True,
+                "complete": False}
+      faults.reach("record")
+      for p, record in zip(group, records):
+        record.update(point_id=p.id, budget=p.budget, depth=p.depth,
+                      planned_compute=p.compute)
+        store.write(record)
+        ran += 1
+        phases = ", ".join(f"{k} {v:.1f}"
+                           for k, v in record["timing"].items())
+        log(f"done {p.id}: exit losses {np.round(record['exit_losses'], 4)} "
+            f"({record['wall_seconds']:.1f} s: {phases})")
+      eta = (time.time() - start) / ran * (len(todo) - ran)
+      log(f"{ran}/{len(todo)} of this shard done, ETA {eta:.0f}s")
   done = [p.id for p in points if store.read(p.id) is not None]
   out = {"planned": len(points), "ran": ran,
          "skipped": len(mine) - len(todo), "complete": len(done) == len(points)}

@@ -406,23 +406,34 @@ class _PhaseTimer:
     return {k: round(v, 4) for k, v in self._totals.items()}
 
 
-class _PreemptionFlag:
-  """Sets `.set` on SIGTERM (main thread only) until `restore()`."""
+class Preemption:
+  """SIGTERM, the usual preemption notice, as a flag.
+
+  While entered (a context manager; main thread only, elsewhere it never
+  fires), SIGTERM sets `.requested` instead of ending the process. A run
+  checks it after every step (then checkpoints and stops); a sweep holds one
+  across its points and checks it before starting the next, so a notice that
+  arrives while a point compiles, evaluates or writes its record costs at
+  most that point's last step, never the point.
+  """
 
   def __init__(self):
-    self.set = False
+    self.requested = False
     self._previous = None
+
+  def __enter__(self) -> "Preemption":
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.set = True
-
-  def restore(self):
+  def __exit__(self, *exc) -> None:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
 
 
 def _restore_latest_good(manager, trainer: Trainer, iterator, log):
@@ -482,7 +493,8 @@ def check_group(cfgs: Sequence[TrainConfig]) -> None:
 
 
 def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
-        stop_after: int | None = None) -> dict:
+        stop_after: int | None = None,
+        preemption: Preemption | None = None) -> dict:
   """Trains (or resumes) one familial model and returns its result record.
 
   Args:
@@ -491,17 +503,21 @@ def run(cfg: TrainConfig, workdir: str, *, log: Callable[[str], None] = print,
     log: progress sink.
     stop_after: stop (after checkpointing) once this step is reached, as a
       preempted job would; used to test exact resumption.
+    preemption: an entered `Preemption` shared with the caller (a sweep);
+      default: the run holds its own while it lasts.
 
   Returns:
     The result record (also written to workdir/result.json when finished),
     or {"stopped_at", "preempted"} when stopped early.
   """
-  return _train([cfg], workdir, log=log, stop_after=stop_after)
+  return _train([cfg], workdir, log=log, stop_after=stop_after,
+                preemption=preemption)
 
 
 def run_group(cfgs: Sequence[TrainConfig], workdir: str, *,
               log: Callable[[str], None] = print,
-              stop_after: int | None = None) -> list[dict] | dict:
+              stop_after: int | None = None,
+              preemption: Preemption | None = None) -> list[dict] | dict:
   """Trains K runs of one shape in one vmapped program.
 
   The members share everything but their length and learning-rate schedule
@@ -514,20 +530,29 @@ def run_group(cfgs: Sequence[TrainConfig], workdir: str, *,
   leaves idle, and compiles once for K runs; `benchmarks/sweep_throughput.py`
   measures when that pays.
 
+  Args: as `run`, with one config per member.
+
   Returns:
     The members' result records (also written to workdir/result.json as a
     list), or {"stopped_at", "preempted"} when stopped early.
   """
   check_group(cfgs)
   if len(cfgs) == 1:
-    record = run(cfgs[0], workdir, log=log, stop_after=stop_after)
+    record = run(cfgs[0], workdir, log=log, stop_after=stop_after,
+                 preemption=preemption)
     return record if "stopped_at" in record else [record]
-  return _train(list(cfgs), workdir, log=log, stop_after=stop_after)
+  return _train(list(cfgs), workdir, log=log, stop_after=stop_after,
+                preemption=preemption)
 
 
 def _train(cfgs: list[TrainConfig], workdir: str, *,
-           log: Callable[[str], None], stop_after: int | None):
+           log: Callable[[str], None], stop_after: int | None,
+           preemption: Preemption | None):
   """`run` (one config) and `run_group` (several)."""
+  if preemption is None:
+    with Preemption() as own:
+      return _train(cfgs, workdir, log=log, stop_after=stop_after,
+                    preemption=own)
   start = time.time()
   timing = _PhaseTimer()
   k, base = len(cfgs), cfgs[0]
@@ -568,7 +593,6 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
     timing.lap("checkpoint")
 
   # 4. loop (SIGTERM, the usual preemption notice, checkpoints and stops)
-  preempted = _PreemptionFlag()
   tokens_per_step = base.batch_size * base.seq_len
   schedule = (schedule_array(base) if k == 1 else
               np.stack([schedule_array(c) for c in cfgs]))
@@ -612,19 +636,17 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
         for i in evaluating:
           evals[i].append({"step": step, "exit_losses": now[i].tolist()})
         timing.lap("eval")
-      stop = step < total and (preempted.set or (
+      stop = step < total and (preemption.requested or (
           stop_after is not None and step >= stop_after))
       if (checkpoint_every and step % checkpoint_every == 0) or stop:
         timing.lap("steps")
         save(step)
       if stop:
-        preempted.restore()
-        why = "SIGTERM" if preempted.set else "stop_after"
+        why = "SIGTERM" if preemption.requested else "stop_after"
         log(f"stopping after step {step} ({why}); checkpoint saved")
-        return {"stopped_at": step, "preempted": preempted.set}
+        return {"stopped_at": step, "preempted": preemption.requested}
   finally:
     batches.close()
-  preempted.restore()
   jax.block_until_ready(state)
   timing.lap("steps")
   # 5. result

@@ -91,6 +91,39 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path, baseline):
   assert _losses(workdir) == baseline  # bitwise equal losses
 
 
+def test_sigterm_at_any_moment_keeps_the_point_in_hand(tmp_path, baseline):
+  """SIGTERM after a point's last step lets it finish and record; SIGTERM
+  before its first step checkpoints it after one; either way the sweep exits
+  143 without starting another point, and a rerun equals the uninterrupted
+  sweep."""
+  config = _config(tmp_path)
+  proc = _sweep(config, tmp_path / "late")
+  last = None
+  for line in proc.stdout:
+    if line.startswith("[1/8]"):
+      last = f" step {line.split('steps=')[1].split()[0]}/"
+    elif last and last in line:  # the first point's final step is done
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 143, out[-3000:]
+  assert len(_losses(tmp_path / "late")) == 1
+  proc = _sweep(config, tmp_path / "early")
+  for line in proc.stdout:
+    if line.startswith("[1/8]"):  # setup and compilation are ahead
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 143, out[-3000:]
+  assert "(SIGTERM); checkpoint saved" in out
+  assert not _losses(tmp_path / "early")
+  rerun = _sweep(config, tmp_path / "early")
+  out = rerun.communicate(timeout=600)[0]
+  assert rerun.returncode == 0, out[-3000:]
+  assert "resumed from step 1" in out
+  assert _losses(tmp_path / "early") == baseline
+
+
 def test_two_shards_equal_one_run(tmp_path, baseline):
   config, workdir = _config(tmp_path), tmp_path / "run"
   procs = [_sweep(config, workdir, f"--shard_index={i}", "--num_shards=2")
