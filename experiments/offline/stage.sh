@@ -10,7 +10,7 @@
 # deadline gets SIGTERM: the benchmarks keep what they measured (their JSON is
 # rewritten after every run) and the sweep checkpoints and stops, so the same
 # command resumes it. Everything to keep goes to $OUT (default ./out), at
-# most 7 files:
+# most 4 files:
 #   check             nvidia-smi, jax.devices() and the GPU tests
 #   train_step        benchmarks/train_step.py       -> train_step_$TAG.json
 #   sweep_throughput  benchmarks/sweep_throughput.py -> sweep_throughput_$TAG.json
@@ -47,7 +47,7 @@ BUNDLE=${BUNDLE:-.offline}
 PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/familial_jax_site}
 CORPUS=/usr/share/doc/linux-doc-6.1/Documentation
-RESERVE=25  # seconds kept for packing after the last stage
+RESERVE=40  # seconds after the last stage: 30 of grace before SIGKILL, then packing
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 export PYTHONUNBUFFERED=1
@@ -86,7 +86,7 @@ run() {
     return 124
   fi
   say "$name: start (${left}s left): $*"
-  timeout -s TERM -k 60 "$left" "$@" 2>&1 | tee -a "$LOG"
+  timeout -s TERM -k 30 "$left" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   case $rc in
     0) say "$name: done" ;;
