@@ -139,12 +139,28 @@ def main(argv):
     print(f"{mode:<15} {r['wall']:8.1f} s  {r['model_flops_per_second']:.3e} "
           f"model FLOP/s  ({r['points']} points)  phases (s, summed over "
           f"processes): {r['phases']}", flush=True)
+    # Written after every mode, so a run cut short keeps what it measured.
+    record = summarise(results, device, sweep, points, useful, padded,
+                       log=mode == _MODES.value[-1])
+    if _OUTPUT.value:
+      os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
+      with open(_OUTPUT.value, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+  if _OUTPUT.value:
+    print("wrote", _OUTPUT.value)
+
+
+def summarise(results: dict, device, sweep, points, useful: float,
+              padded: float, log: bool) -> dict:
+  """The JSON record of the modes run so far, with each one's speedup over
+  one_by_one and largest validation-loss difference (printed if `log`)."""
   record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "device": device.device_kind, "platform": device.platform,
             "jax": jax.__version__, "host_cpus": os.cpu_count(),
             "shards": _SHARDS.value, "sweep": dataclasses.asdict(sweep),
             "points": len(points), "planned_flops": useful,
             "grouped_flops_over_planned": padded / useful,
+            "modes_run": list(results),
             **{m: {k: v for k, v in r.items() if k != "losses"}
                for m, r in results.items()}}
   if "one_by_one" in results:
@@ -158,13 +174,10 @@ def main(argv):
           r["losses"][pid], base["losses"][pid]))
       record["speedup_over_one_by_one"][mode] = ratio
       record.setdefault("max_abs_loss_difference", {})[mode] = diff
-      print(f"{mode} / one_by_one model FLOP/s: {ratio:.2f}x; max |validation "
-            f"loss difference| {diff:.2e}")
-  if _OUTPUT.value:
-    os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(record, f, indent=1, default=str)
-    print("wrote", _OUTPUT.value)
+      if log:
+        print(f"{mode} / one_by_one model FLOP/s: {ratio:.2f}x; max "
+              f"|validation loss difference| {diff:.2e}")
+  return record
 
 
 if __name__ == "__main__":
