@@ -45,8 +45,8 @@ class Bootstrap:
     level: coverage of the intervals (0.95 by default).
     resample: "point" or "budget".
     n_boot: replicates requested; n_ok: replicates with a finite optimum.
-    n_converged: replicates whose final gradient norm is <= 1e-6 (the main
-      fit's criterion). Where many did not converge (they stop at `maxiter`
+    n_converged: replicates that converged (`fit_lib.CONVERGED_GRAD_NORM`,
+      the main fit's criterion). Where many did not converge (they stop at `maxiter`
       along a flat direction, e.g. an unidentified E), the intervals say
       where L-BFGS stopped more than where the optima are, and can move with
       the CPU's float rounding.
@@ -129,7 +129,7 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
     thetas, values, grads = batched(np.asarray(result.raw), xp, yp, wp)
     thetas, values = np.asarray(thetas), np.asarray(values)
   ok = np.isfinite(values) & np.all(np.isfinite(thetas), 1)
-  converged = ok & (np.asarray(grads) <= 1e-6)
+  converged = ok & (np.asarray(grads) <= fit_lib.CONVERGED_GRAD_NORM)
   natural = [form.to_natural(t) for t in thetas[ok]]
   samples = {k: np.array([p[k] for p in natural]) for k in form.param_names}
   tail = 100 * (1 - level) / 2

@@ -56,6 +56,9 @@ from familial_jax.laws import forms as forms_lib
 from familial_jax.laws import table as table_lib
 
 DEFAULT_GAMMA_GRID = (-0.1, 0.0, 0.1)
+# A solve has converged when its final gradient norm is at most this
+# (`FitResult.converged`, `analysis.Bootstrap.n_converged`).
+CONVERGED_GRAD_NORM = 1e-6
 
 
 def besiroglu_grid(form: forms_lib.Form,
@@ -398,7 +401,7 @@ def fit(table, form="multiplicative", huber_delta: float = 1e-3, *,
   log_pred = predict_log(form, theta, x)
   return FitResult(
       form=form.name, params=form.to_natural(theta), raw=theta,
-      objective=float(value), converged=bool(grad_norm <= 1e-6),
+      objective=float(value), converged=bool(grad_norm <= CONVERGED_GRAD_NORM),
       grad_norm=float(grad_norm), residuals=log_pred - y,
       predictions=np.exp(log_pred), huber_delta=float(huber_delta),
       n_points=len(y), n_starts=len(starts))

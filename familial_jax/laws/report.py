@@ -184,12 +184,13 @@ def markdown(report: dict, figures: dict[str, str], root: str) -> str:
   if report.get("selected_form"):
     out.append(f"Held-out selection (leave one budget out) prefers "
                f"**{report['selected_form']}**{_tie_note(report)}.")
-  out.append("Intervals: bootstrap percentile intervals (see fits.json); "
-             "bootstrap fits converged: " + ", ".join(
-                 f"{name} {e['bootstrap']['n_converged']}/"
-                 f"{e['bootstrap']['n_boot']}"
-                 for name, e in report["fits"].items()
-                 if "n_converged" in e.get("bootstrap", {})) + ".")
+  converged = [f"{name} {e['bootstrap']['n_converged']}/"
+               f"{e['bootstrap']['n_boot']}"
+               for name, e in report["fits"].items()
+               if "n_converged" in e.get("bootstrap", {})]
+  out.append("Intervals: bootstrap percentile intervals (see fits.json)" + (
+      f"; bootstrap fits converged: {', '.join(converged)}." if converged
+      else "."))
   out.append("")
   alloc = allocation_rows(report)
   if alloc:
