@@ -7,15 +7,15 @@ two AdamW moments, float32 gradients). With cuDNN attention the [B, H, T, T]
 attention probabilities are not stored (the fused kernel keeps per-row
 statistics), so they are left out when the preset asks for cuDNN. XLA's own
 temporaries (a layer's working set, a loss chunk's logits) come on top, so
-the total is a lower bound on a point's peak. Prints the largest points and
-how many shard processes of `experiments/sweep.py --local_shards` (each with
-0.9 / n of the device) can hold the largest.
+the total is a lower bound on a point's peak. Prints the largest model
+shapes and how many shard processes of `experiments/sweep.py --local_shards`
+(each with the share of the device `sweep.local_shard_env` gives it) can hold
+the largest.
 
   python benchmarks/activation_memory.py --config=experiments/configs/gpu_h100.py
 """
 
 import dataclasses
-import importlib.util
 
 from absl import app
 from absl import flags
@@ -23,6 +23,7 @@ from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 # Public jax has only a printer of this list (jax.ad_checkpoint.
 # print_saved_residuals); the list itself is what is summed here.
@@ -34,7 +35,8 @@ from familial_jax import sweep as sweep_lib
 from familial_jax import train
 from familial_jax.model import FamilialLM
 
-_CONFIG = flags.DEFINE_string("config", None, "Sweep preset (a .py file).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Sweep preset (experiments/configs/*.py).")
 _DEVICE_GB = flags.DEFINE_float(
     "device_gb", 85.5, "Device memory in GB (an H100 80GB: 81,559 MiB).")
 _TOP = flags.DEFINE_integer("top", 6, "Largest points to list.")
@@ -44,11 +46,12 @@ flags.mark_flags_as_required(["config"])
 def point_bytes(p, cudnn: bool) -> dict:
   """Saved-residual and state bytes of one planned point's train step."""
   cfg = p.train
-  model = FamilialLM(dataclasses.replace(cfg.model, attention="xla"))  # traces on CPU
+  # XLA attention traces on any machine (its [T, T] residuals are told apart
+  # below).
+  model = FamilialLM(dataclasses.replace(cfg.model, attention="xla"))
   tokens = jnp.zeros((cfg.batch_size, cfg.seq_len + 1), jnp.int32)
-  params = jax.eval_shape(lambda: nn.unbox(model.init(
+  params = jax.eval_shape(lambda: nn.unbox(model.init(  # shapes only
       jax.random.PRNGKey(0), tokens[:1, :-1])["params"]))
-  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
   weights = jnp.asarray(cfg.weights, jnp.float32)
 
   def loss(params):
@@ -73,24 +76,17 @@ def point_bytes(p, cudnn: bool) -> dict:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  spec = importlib.util.spec_from_file_location("preset", _CONFIG.value)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  d = module.get_config().to_dict()
+  d = _CONFIG.value.to_dict()
   d.pop("n_boot", None)
   sweep = isoflop.sweep_from_dict(d)
-  try:  # with the corpus, the epoch limit drops what the sweep drops
-    points, _ = sweep_lib.plan(sweep)
-  except (FileNotFoundError, ValueError):
-    points, _ = isoflop.plan(sweep)
+  points, _, note = sweep_lib.plan_anywhere(sweep)
   cudnn = sweep.attention == "cudnn"
-  by_shape = {}  # the points of one shape across budgets need the same
-  for p in points:
-    key = (p.train.model, p.train.batch_size, p.train.seq_len)
-    by_shape.setdefault(key, p)
-  rows = sorted(((point_bytes(p, cudnn), p) for p in by_shape.values()),
+  # The points of one model shape (across budgets) need the same memory.
+  shapes = [g[0] for g in isoflop.groups(points, len(points))]
+  rows = sorted(((point_bytes(p, cudnn), p) for p in shapes),
                 key=lambda r: -(r[0]["saved"] + r[0]["state_and_grads"]))
-  print(f"{len(points)} points, {len(rows)} shapes; the largest:")
+  print(f"{len(points)} points, {len(rows)} shapes; the largest:"
+        + (f" ({note})" if note else ""))
   print(f"{'point':<18}{'d_model':>8}{'layers':>7}{'saved GB':>10}"
         f"{'state GB':>10}{'total GB':>10}"
         + ("" if cudnn else f"{'of which TxT':>14}"))
@@ -100,11 +96,14 @@ def main(argv):
           f"{b['saved'] / 1e9:>10.2f}{b['state_and_grads'] / 1e9:>10.2f}"
           f"{total:>10.2f}" + ("" if cudnn else f"{b['scores'] / 1e9:>14.2f}"))
   need = (rows[0][0]["saved"] + rows[0][0]["state_and_grads"]) / 1e9
-  fits = [n for n in (1, 2, 4, 8, 16) if 0.9 * _DEVICE_GB.value / n > need]
+  share = lambda n: float(sweep_lib.local_shard_env(n, {})[
+      "XLA_PYTHON_CLIENT_MEM_FRACTION"])
+  fits = [n for n in (1, 2, 4, 8, 16) if share(n) * _DEVICE_GB.value > need]
   print(f"\nattention: {sweep.attention} ([B, H, T, T] probabilities "
         f"{'not ' if cudnn else ''}stored). The largest point needs at least "
         f"{need:.1f} GB (XLA temporaries come on top); local shards that "
-        f"hold it on {_DEVICE_GB.value:g} GB (0.9 / n each): "
+        f"hold it on {_DEVICE_GB.value:g} GB (each its "
+        f"sweep.local_shard_env share, {share(8):.3f} of it at 8): "
         f"{', '.join(map(str, fits)) or 'none'}.")
 
 

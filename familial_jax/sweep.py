@@ -52,16 +52,25 @@ def plan(sweep: isoflop.SweepConfig):
   return isoflop.plan(sweep, train_tokens=train_tokens)
 
 
+def plan_anywhere(sweep: isoflop.SweepConfig):
+  """`plan`, or without the corpus the plan whose epoch limit is unchecked.
+
+  Returns:
+    (points, dropped, note): note is "" or says why the limit was unchecked.
+  """
+  try:
+    return (*plan(sweep), "")
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    return (*isoflop.plan(sweep),
+            f"corpus not readable here, epoch limit not checked: {e}")
+
+
 def dry_run(sweep: isoflop.SweepConfig) -> str:
   """The plan as a table. Works without the corpus (the epoch limit is then
   not checked, and the table says so)."""
-  try:
-    points, dropped = plan(sweep)
-    note = ""
-  except (FileNotFoundError, ValueError, ImportError) as e:
-    points, dropped = isoflop.plan(sweep)
-    note = f"\n(corpus not readable here, epoch limit not checked: {e})"
-  return isoflop.format_plan(sweep, points, dropped) + note
+  points, dropped, note = plan_anywhere(sweep)
+  return isoflop.format_plan(sweep, points, dropped) + (
+      f"\n({note})" if note else "")
 
 
 def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
@@ -104,6 +113,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
       f"{len(mine) - len(todo)} already done, {len(todo)} to run")
   start, ran = time.time(), 0
+  stopped = {"planned": len(points), "preempted": True, "complete": False}
   # SIGTERM from here on finishes (or checkpoints) the point in hand and
   # starts no other: a notice during a point's compilation, evaluation or
   # record costs at most one step of it.
@@ -113,8 +123,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
       if preemption.requested:
         log(f"SIGTERM: stopping before {ids}; rerun the same command to "
             "resume")
-        return {"planned": len(points), "ran": ran, "preempted": True,
-                "complete": False}
+        return dict(stopped, ran=ran)
       for p in group:
         log(f"[{ran + 1}/{len(todo)}] {p.id}: N={p.params:,} "
             f"D={p.tokens:,} steps={p.train.steps}" +
@@ -124,8 +133,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
           log=lambda s, tag=ids: log(f"  {tag} {s}"), preemption=preemption)
       if isinstance(records, dict):  # preempted (SIGTERM): checkpointed, stop
         log(f"preempted during {ids}; rerun the same command to resume")
-        return {"planned": len(points), "ran": ran, "preempted": True,
-                "complete": False}
+        return dict(stopped, ran=ran)
       faults.reach("record")
       for p, record in zip(group, records):
         record.update(point_id=p.id, budget=p.budget, depth=p.depth,
