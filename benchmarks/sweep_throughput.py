@@ -127,8 +127,9 @@ def main(argv):
         f"{useful:.3e} FLOPs (grouped path computes {padded / useful:.2f}x "
         "that, padding members to their group's longest)")
   unknown = sorted(set(_MODES.value) - set(MODES))
-  if unknown:
-    raise app.UsageError(f"unknown modes {unknown}; known: {sorted(MODES)}.")
+  if unknown or not _MODES.value:
+    raise app.UsageError(f"unknown or no modes {unknown}; known: "
+                         f"{sorted(MODES)}.")
   results = {}
   for mode in _MODES.value:
     grouped, sharded = MODES[mode]
@@ -140,20 +141,22 @@ def main(argv):
           f"model FLOP/s  ({r['points']} points)  phases (s, summed over "
           f"processes): {r['phases']}", flush=True)
     # Written after every mode, so a run cut short keeps what it measured.
-    record = summarise(results, device, sweep, points, useful, padded,
-                       log=mode == _MODES.value[-1])
+    record = summarise(results, device, sweep, points, useful, padded)
     if _OUTPUT.value:
       os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
       with open(_OUTPUT.value, "w") as f:
         json.dump(record, f, indent=1, default=str)
+  for mode, ratio in record.get("speedup_over_one_by_one", {}).items():
+    print(f"{mode} / one_by_one model FLOP/s: {ratio:.2f}x; max |validation "
+          f"loss difference| {record['max_abs_loss_difference'][mode]:.2e}")
   if _OUTPUT.value:
     print("wrote", _OUTPUT.value)
 
 
 def summarise(results: dict, device, sweep, points, useful: float,
-              padded: float, log: bool) -> dict:
+              padded: float) -> dict:
   """The JSON record of the modes run so far, with each one's speedup over
-  one_by_one and largest validation-loss difference (printed if `log`)."""
+  one_by_one and largest validation-loss difference."""
   record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "device": device.device_kind, "platform": device.platform,
             "jax": jax.__version__, "host_cpus": os.cpu_count(),
@@ -174,9 +177,6 @@ def summarise(results: dict, device, sweep, points, useful: float,
           r["losses"][pid], base["losses"][pid]))
       record["speedup_over_one_by_one"][mode] = ratio
       record.setdefault("max_abs_loss_difference", {})[mode] = diff
-      if log:
-        print(f"{mode} / one_by_one model FLOP/s: {ratio:.2f}x; max "
-              f"|validation loss difference| {diff:.2e}")
   return record
 
 
