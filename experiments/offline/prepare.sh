@@ -10,21 +10,21 @@
 #                record it.
 # Run it where pip reaches PyPI, in the repository root, with this project
 # installed (`pip install -e .`) and the corpus present; then send the folder
-# with the repository (about 25 MB) and run experiments/offline/stage.sh there.
+# with the repository (24 MB) and run experiments/offline/stage.sh there.
 #
 #   experiments/offline/prepare.sh [PYTHON_VERSION]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY_TARGET=${1:-3.12}
 BUNDLE=${BUNDLE:-.offline}
-CORPUS=/usr/share/doc/linux-doc-6.1/Documentation
 PACKAGES="grain array_record jaxopt ml_collections portpicker"
 
-if [ ! -d "$CORPUS" ]; then
-  echo "prepare: the default corpus is not installed ($CORPUS); run" \
-       "'sudo apt-get install linux-doc-6.1' first" >&2
-  exit 2
-fi
+# The corpus where familial_jax looks for it, and its hash as results record
+# it (fails with the install command when it is absent).
+read -r CORPUS SHA < <(python3 -c "
+from familial_jax import data
+from familial_jax.data import sources
+print(sources.DEFAULT_CORPUS_DIRS[0], data.default_corpus().describe()['sha256'])")
 pins=$(python3 - $PACKAGES <<'EOF'
 import importlib.metadata, sys
 missing = []
@@ -50,13 +50,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: \
   -d "$BUNDLE/wheels" $pins
 tar -cf "$BUNDLE/corpus.tar" -C / --exclude='*/translations' \
   "${CORPUS#/}"
-sha=$(python3 -c "
-from familial_jax import data
-print(data.default_corpus().describe()['sha256'])")
 {
   echo "packed $(date -u +%Y-%m-%dT%H:%M:%SZ) for Python $PY_TARGET"
   echo "$pins"
-  echo "corpus $CORPUS sha256 $sha"
+  echo "corpus $CORPUS sha256 $SHA"
 } > "$BUNDLE/MANIFEST"
 cat "$BUNDLE/MANIFEST"
 du -sh "$BUNDLE"

@@ -43,10 +43,10 @@ OUT=${OUT:-out}
 TAG=${TAG:-h100}
 SHARDS=${SHARDS:-4}
 SWEEP_CONFIG=${SWEEP_CONFIG:-experiments/configs/gpu_h100.py}
+SWEEP_NAME=$(basename "$SWEEP_CONFIG" .py)
 BUNDLE=${BUNDLE:-.offline}
 PY=${PYTHON:-python3}
 SITE=${SITE:-/tmp/familial_jax_site}
-CORPUS=/usr/share/doc/linux-doc-6.1/Documentation
 RESERVE=40  # seconds after the last stage: 30 of grace before SIGKILL, then packing
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
@@ -55,25 +55,24 @@ export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 say() { echo "[stage.sh $(date -u +%H:%M:%S) +$((SECONDS - START))s] $*" | tee -a "$LOG"; }
 
-# Packages: the wheels prepare.sh fetched, unless they import already.
-if ! $PY -c "import grain, jaxopt, ml_collections, portpicker" 2>/dev/null; then
-  if ! ls "$BUNDLE"/wheels/*.whl >/dev/null 2>&1; then
-    say "grain, jaxopt or ml_collections is missing and $BUNDLE/wheels has no" \
-        "wheels: run experiments/offline/prepare.sh where pip works"
-    exit 2
-  fi
+# Packages: the wheels prepare.sh fetched (the versions CI installs), once a
+# machine; they come before the image's own on PYTHONPATH.
+if ls "$BUNDLE"/wheels/*.whl >/dev/null 2>&1 && [ ! -f "$SITE/.installed" ]; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target "$SITE" "$BUNDLE"/wheels/*.whl 2>&1 | tee -a "$LOG"
+  touch "$SITE/.installed"
   say "installed $(ls "$BUNDLE"/wheels | tr '\n' ' ')"
 fi
-# The default corpus at its Debian path (needs root, as on the lent machines).
-if [ ! -d "$CORPUS" ]; then
-  if [ ! -f "$BUNDLE/corpus.tar" ]; then
-    say "the default corpus is missing and there is no $BUNDLE/corpus.tar"
-    exit 2
-  fi
-  tar -xf "$BUNDLE/corpus.tar" -C / || { say "cannot unpack the corpus to /"; exit 2; }
-  say "unpacked the corpus to $CORPUS"
+if ! $PY -c "import familial_jax.sweep, ml_collections" 2>>"$LOG"; then
+  say "familial_jax does not import here ($LOG says why): run" \
+      "experiments/offline/prepare.sh where pip works and bring $BUNDLE"
+  exit 2
+fi
+# The default corpus where prepare.sh packed it from (needs root, as on the
+# lent machines); files already there are kept.
+if [ -f "$BUNDLE/corpus.tar" ]; then
+  tar -xf "$BUNDLE/corpus.tar" -C / --skip-old-files ||
+    { say "cannot unpack the corpus to /"; exit 2; }
 fi
 
 # run NAME CMD...: CMD under the time left, output to the console and the log.
@@ -97,14 +96,11 @@ run() {
 }
 
 pack_sweep() {
-  local name workdir
-  name=$(basename "$SWEEP_CONFIG" .py)
-  workdir=runs/$name
-  [ -d "$workdir/results" ] || return 0
-  tar -czf "$OUT/$name.tgz" -C "$workdir" \
+  [ -d "runs/$SWEEP_NAME/results" ] || return 0
+  tar -czf "$OUT/$SWEEP_NAME.tgz" -C "runs/$SWEEP_NAME" \
     --exclude=./runs --exclude=./jax_cache .
-  say "sweep: $(ls "$workdir"/results/*.json 2>/dev/null | wc -l) records;" \
-      "packed to $OUT/$name.tgz"
+  say "sweep: $(ls "runs/$SWEEP_NAME"/results/*.json 2>/dev/null | wc -l) records;" \
+      "packed to $OUT/$SWEEP_NAME.tgz"
 }
 
 status=0
@@ -124,7 +120,7 @@ for stage in "$@"; do
         --output="$OUT/sweep_throughput_$TAG.json" ${SWEEP_THROUGHPUT_FLAGS:-} ;;
     sweep)
       run sweep $PY experiments/sweep.py --config="$SWEEP_CONFIG" \
-        --workdir="runs/$(basename "$SWEEP_CONFIG" .py)" --local_shards="$SHARDS"
+        --workdir="runs/$SWEEP_NAME" --local_shards="$SHARDS"
       rc=$?
       pack_sweep
       (exit $rc) ;;
