@@ -131,7 +131,7 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
     xp, yp, wp = fit_lib.pad_points(x, y, weights.astype(np.float64))
     thetas, values, grads = batched(np.asarray(result.raw), xp, yp, wp)
     thetas, values = np.asarray(thetas), np.asarray(values)
-  ok = np.isfinite(values) & np.all(np.isfinite(thetas), 1)
+  ok = np.isfinite(values) & form.finite(thetas)
   converged = ok & (np.asarray(grads) <= fit_lib.CONVERGED_GRAD_NORM)
   natural = [form.to_natural(t) for t in thetas[ok]]
   samples = {k: np.array([p[k] for p in natural]) for k in form.param_names}

@@ -19,7 +19,8 @@ overhead dominates such tiny problems, so the fit
       starts, one compiled solve reused for each (no waiting on stragglers),
       side by side on a small thread pool (XLA:CPU runs each on one core and
       releases the GIL);
-  (3) returns the best finite optimum.
+  (3) returns the best finite optimum (finite natural parameters too: a
+      log-scale constant past ~709 would give A = inf).
 A cold fit is mostly compilation, so the solve compiles on the pool while the
 screen runs, and jaxopt's eight objective call sites share one traced
 value_and_grad (with hand-written JVPs for the log-sum-exp and the Huber loss,
@@ -374,8 +375,7 @@ def minimise(form, x, y, weights, starts, *, huber_delta=1e-3,
       best = (np.inf, starts[0], np.nan)
       # In order of the screen, so ties resolve the same way on any pool.
       for theta, value, grad in _pool().map(solve, starts[chosen]):
-        if np.isfinite(value) and np.all(np.isfinite(theta)) and (
-            value < best[0]):
+        if np.isfinite(value) and form.finite(theta) and value < best[0]:
           best = (value, theta, grad)
       out_value.append(best[0] if np.isfinite(best[0]) else np.nan)
       out_theta.append(best[1])

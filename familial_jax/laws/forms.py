@@ -106,6 +106,15 @@ class Form:
     return {_NATURAL[n]: float(np.exp(v) if n in _LOG_SCALED else v)
             for n, v in zip(self.raw_names, theta)}
 
+  def finite(self, theta) -> np.ndarray:
+    """Whether raw vectors [..., n_params] give finite natural parameters
+    (a finite log-scale e, a or b can still overflow exp: A = inf)."""
+    theta = np.asarray(theta, np.float64)
+    logs = [i for i, n in enumerate(self.raw_names) if n in _LOG_SCALED]
+    with np.errstate(over="ignore"):
+      return (np.all(np.isfinite(theta), -1) &
+              np.all(np.isfinite(np.exp(theta[..., logs])), -1))
+
   def from_natural(self, params: dict[str, float]) -> np.ndarray:
     """{"E": ..., ...} -> raw log-space vector."""
     missing = [p for p in self.param_names if p not in params]
