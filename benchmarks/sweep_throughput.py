@@ -35,7 +35,10 @@ import time
 # This process only reads the device's name: it must not take the
 # accelerator's memory from the sweeps it starts (which get the environment
 # as it was).
+# Each mode starts cold: its sweep caches compiled programs in its own (empty)
+# workdir, not in a directory the caller shares through JAX_COMPILATION_CACHE_DIR.
 _CHILD_ENV = dict(os.environ)
+_CHILD_ENV.pop("JAX_COMPILATION_CACHE_DIR", None)
 os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position

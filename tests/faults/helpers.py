@@ -28,7 +28,7 @@ TALLY = {"kills": 0, "resumes_verified": 0, "records_checked": 0,
 
 def run_sweep(config, workdir, fault=None, *extra, timeout=600):
   """Runs experiments/sweep.py to completion (or to its injected death)."""
-  env = dict(os.environ, XLA_FLAGS="")
+  env = test_sweep.sweep_env()
   env.pop("FAMILIAL_JAX_FAULT", None)
   if fault:
     env["FAMILIAL_JAX_FAULT"] = fault
