@@ -70,9 +70,11 @@ def run(argv_input: str, form: str) -> dict:
   table = table_lib.load_csv(path)
   forms = report_lib.default_forms(table) if form == "all" else [form]
   start = time.time()
-  report = report_lib.fit_all(table, forms, _DELTA.value, _BOOT.value,
-                              _RESAMPLE.value, _LEVEL.value, _SEED.value,
-                              _BACKEND.value)
+  # Progress on stderr; the tables go to stdout.
+  report = report_lib.fit_all(
+      table, forms, _DELTA.value, _BOOT.value, _RESAMPLE.value, _LEVEL.value,
+      _SEED.value, _BACKEND.value,
+      log=lambda line: print(line, file=sys.stderr, flush=True))
   sweep = _sweep_of(argv_input)
   if sweep is not None and form == "all":
     report_lib.analyse_sweep(report, table, sweep)

@@ -182,7 +182,7 @@ def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
   # Resampling whole IsoFLOP curves needs enough of them: with few budgets
   # most replicates would lose a budget and leave the law unidentified.
   report = report_lib.fit_all(table, n_boot=n_boot, resample="budget" if len(
-      sweep.budgets) >= 5 else "point")
+      sweep.budgets) >= 5 else "point", log=log)
   report_lib.analyse_sweep(report, table, sweep)
   atomic_write(os.path.join(workdir, "fits.json"),
                json.dumps(report, indent=1, default=float))

@@ -327,6 +327,9 @@ def test_fit_law_binary(tmp_path):
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   assert "prefers: multiplicative" in proc.stdout
+  # Progress (stderr): each step with its time and the converged count.
+  assert "multiplicative: 10 bootstrap refits (points resampled)" in proc.stderr
+  assert "held-out selection (3 forms" in proc.stderr
   report = json.loads(out.read_text())
   gamma = report["fits"]["multiplicative"]["params"]["gamma"]
   assert abs(gamma - 0.03) < 0.005

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from typing import Callable
 
 import numpy as np
 
@@ -26,8 +28,12 @@ def default_forms(table) -> list[str]:
 
 def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
             resample: str = "point", level: float = 0.95, seed: int = 0,
-            backend: str = "jaxopt") -> dict:
+            backend: str = "jaxopt",
+            log: Callable[[str], None] | None = None) -> dict:
   """Fits every form, with bootstrap intervals and held-out selection.
+
+  `log`, if given, receives a line per step (fit, bootstrap, selection) with
+  its seconds.
 
   Returns:
     JSON-ready {"fits": {form: {...}}, "selected_form": name or None,
@@ -35,20 +41,29 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
     (`analysis.leave_one_budget_out`)}.
   """
   forms = default_forms(table) if forms is None else list(forms)
+  log = log or (lambda line: None)
   out = {}
   for name in forms:
+    start = time.time()
     result = fit_lib.fit(table, name, huber_delta, backend=backend)
     entry = result.to_json()
+    log(f"  {name}: fitted in {time.time() - start:.1f} s")
     if n_boot:
-      entry["bootstrap"] = analysis.bootstrap(
-          table, result, n_boot, resample=resample, level=level,
-          seed=seed).to_json()
+      start = time.time()
+      boot = analysis.bootstrap(table, result, n_boot, resample=resample,
+                                level=level, seed=seed)
+      entry["bootstrap"] = boot.to_json()
+      log(f"  {name}: {n_boot} bootstrap refits ({resample}s resampled) in "
+          f"{time.time() - start:.1f} s, {boot.n_converged} converged")
     out[name] = entry
   unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
   selected, tied = None, []
   if len(unified) > 1:
+    start = time.time()
     selection = analysis.leave_one_budget_out(table, unified, huber_delta,
                                               backend)
+    log(f"  held-out selection ({len(unified)} forms, leaving each budget "
+        f"out) in {time.time() - start:.1f} s")
     for name, v in selection["forms"].items():
       out[name]["heldout_rmse_log"] = v["rmse_log"]
     selected, tied = selection["best"], selection["tied"]
