@@ -4,7 +4,8 @@ r"""Trains one familial model and writes its result record.
       --workdir=/tmp/familial_tiny
 
 Prints progress (step, loss per exit, tokens/s, ETA), checkpoints with orbax
-(rerunning the same command resumes), and writes workdir/result.json with
+(rerunning the same command resumes; compiled programs are cached in
+workdir/jax_cache or JAX_COMPILATION_CACHE_DIR), and writes workdir/result.json with
 every exit's validation loss, N, N_g, D, C, G, seed, versions and the corpus
 hash. Multi-host (TPU pods, clusters): add --distributed on every host.
 """
@@ -19,6 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from familial_jax import sharding
+from familial_jax import sweep
 from familial_jax import train
 from familial_jax.config import TrainConfig
 
@@ -44,6 +46,9 @@ def main(argv):
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value, **kwargs)
   try:
     cfg = TrainConfig.from_dict(_CONFIG.value.to_dict())
+    # A rerun (a resume after preemption) loads its programs instead of
+    # compiling them again.
+    sweep.enable_compilation_cache(sweep.compilation_cache_dir(_WORKDIR.value))
     record = train.run(cfg, _WORKDIR.value,
                        log=lambda s: print(s, flush=True))
   except (ValueError, FileNotFoundError) as e:
