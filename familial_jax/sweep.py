@@ -37,6 +37,8 @@ def compilation_cache_dir(workdir: str) -> str:
   Sweeps (or tests) of the same shapes in different workdirs share programs
   through one such directory; copying a cache does not work, because JAX's
   keys include the directory's own path (its GPU autotuning cache lives there).
+  JAX opens its cache once per process, so the first sweep or run of a
+  process fixes the directory for the later ones.
   """
   return (jax.config.jax_compilation_cache_dir or
           os.path.join(workdir, "jax_cache"))
