@@ -20,7 +20,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from familial_jax import sharding
-from familial_jax import sweep
 from familial_jax import train
 from familial_jax.config import TrainConfig
 
@@ -46,9 +45,7 @@ def main(argv):
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value, **kwargs)
   try:
     cfg = TrainConfig.from_dict(_CONFIG.value.to_dict())
-    # A rerun (a resume after preemption) loads its programs instead of
-    # compiling them again.
-    sweep.enable_compilation_cache(sweep.compilation_cache_dir(_WORKDIR.value))
+    train.enable_compilation_cache(_WORKDIR.value)
     record = train.run(cfg, _WORKDIR.value,
                        log=lambda s: print(s, flush=True))
   except (ValueError, FileNotFoundError) as e:

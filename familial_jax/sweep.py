@@ -30,27 +30,6 @@ from familial_jax.laws import report as report_lib
 from familial_jax.results import ResultsStore, atomic_write
 
 
-def compilation_cache_dir(workdir: str) -> str:
-  """Where a sweep keeps its compiled programs: the directory the user gave
-  JAX (JAX_COMPILATION_CACHE_DIR or jax.config), else workdir/jax_cache.
-
-  Sweeps (or tests) of the same shapes in different workdirs share programs
-  through one such directory; copying a cache does not work, because JAX's
-  keys include the directory's own path (its GPU autotuning cache lives there).
-  JAX opens its cache once per process, so the first sweep or run of a
-  process fixes the directory for the later ones.
-  """
-  return (jax.config.jax_compilation_cache_dir or
-          os.path.join(workdir, "jax_cache"))
-
-
-def enable_compilation_cache(directory: str) -> None:
-  """Persistent XLA compilation cache for every program of this process."""
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def local_shard_env(n: int, environ=None) -> dict:
   """The environment of one of n shard processes sharing this machine's
   accelerator: 0.9 / n of its memory each, unless
@@ -121,7 +100,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   atomic_write(os.path.join(workdir, "plan.json"), json.dumps({
       "points": [p.id for p in points], "dropped": dropped,
       "sweep": dataclasses.asdict(sweep)}, indent=1))
-  enable_compilation_cache(compilation_cache_dir(workdir))
+  train.enable_compilation_cache(workdir)
   store = ResultsStore(workdir)
   todo = [p for p in mine if store.read(p.id) is None]
   log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "

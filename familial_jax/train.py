@@ -235,6 +235,28 @@ def build(cfg: TrainConfig, mesh: jax.sharding.Mesh,
   return Trainer(cfg, mesh, model, tx, state_sharding, init, step, evaluate)
 
 
+def enable_compilation_cache(workdir: str) -> str:
+  """Persistent XLA compilation cache for every program of this process, so
+  a rerun (a resume, the points of a sweep) loads what it compiled before.
+
+  The directory is the one the user gave JAX (JAX_COMPILATION_CACHE_DIR or
+  jax.config), else workdir/jax_cache. Runs of the same shapes in different
+  workdirs share programs through one such directory; copying a cache does not
+  work, because JAX's keys include the directory's own path (its GPU
+  autotuning cache lives there). JAX opens its cache once per process, so the
+  first run of a process fixes the directory for the later ones.
+
+  Returns:
+    The directory.
+  """
+  directory = (jax.config.jax_compilation_cache_dir or
+               os.path.join(workdir, "jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return directory
+
+
 _TRAINERS: dict = {}
 
 

@@ -131,17 +131,3 @@ def test_results_csv_is_the_fit_schema(tmp_path):
   np.testing.assert_allclose(table["exit_params"], [500, 1000, 500, 1000])
   fam = table_lib.family_table(table)
   assert len(fam["loss"]) == 1  # same N, D, G, budget: one model's exits
-
-
-def test_compilation_cache_is_the_users_or_the_workdirs(tmp_path):
-  import jax
-  from familial_jax import sweep
-  before = jax.config.jax_compilation_cache_dir
-  try:
-    jax.config.update("jax_compilation_cache_dir", None)
-    assert sweep.compilation_cache_dir(str(tmp_path)) == str(
-        tmp_path / "jax_cache")
-    jax.config.update("jax_compilation_cache_dir", "/shared/cache")
-    assert sweep.compilation_cache_dir(str(tmp_path)) == "/shared/cache"
-  finally:
-    jax.config.update("jax_compilation_cache_dir", before)

@@ -339,3 +339,21 @@ def test_group_training_equals_separate_runs(tmp_path):
                     str(tmp_path / "bad"), **quiet)
   with pytest.raises(ValueError, match="another config"):
     train.run_group(cfgs[:2], str(tmp_path / "group"), **quiet)
+
+
+def test_compilation_cache_is_the_users_or_the_workdirs(tmp_path):
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  before = {n: getattr(jax.config, n) for n in names}
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert train.enable_compilation_cache(str(tmp_path)) == str(
+        tmp_path / "jax_cache")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax_cache")
+    jax.config.update("jax_compilation_cache_dir", "/shared/cache")
+    assert train.enable_compilation_cache(str(tmp_path)) == "/shared/cache"
+    assert jax.config.jax_compilation_cache_dir == "/shared/cache"
+  finally:
+    for n, v in before.items():
+      jax.config.update(n, v)
