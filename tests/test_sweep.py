@@ -51,17 +51,8 @@ def _config(tmp_path):
 # share one between workdirs (JAX_COMPILATION_CACHE_DIR; train.enable_compilation_cache):
 # each shape compiles once per session, not once per process (a micro point
 # here: 9.4 s cold, 3.5 s with the cache).
-def _session_cache() -> str:
-  # One directory even though this module is imported twice (as test_sweep by
-  # pytest, as tests.test_sweep by the fault-injection helpers).
-  key = "FAMILIAL_JAX_TESTS_JAX_CACHE"
-  if key not in os.environ:
-    os.environ[key] = tempfile.mkdtemp(prefix="familial_jax-tests-jax-cache-")
-    atexit.register(shutil.rmtree, os.environ[key], ignore_errors=True)
-  return os.environ[key]
-
-
-CACHE = _session_cache()
+CACHE = tempfile.mkdtemp(prefix="familial_jax-tests-jax-cache-")
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
 
 
 def sweep_env() -> dict:
