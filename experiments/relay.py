@@ -124,7 +124,7 @@ def run(workdir, output):
                   "link_latency": r.profile.link_latency},
       "prompts": _PROMPTS.value, "prompt_len": _PROMPT_LEN.value,
       "new_tokens": _NEW.value, "corpus": data.corpus_info,
-      "versions": train._versions(), "rows": rows}  # pylint: disable=protected-access
+      "versions": train.versions(), "rows": rows}
   if output:
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, "relay.json"), "w") as f:

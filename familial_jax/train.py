@@ -305,7 +305,8 @@ def load_corpus(d: DataConfig) -> data_lib.Corpus:
                               d.text_key)
 
 
-def _versions() -> dict:
+def versions() -> dict:
+  """Versions of Python and the stack, as every result records them."""
   import grain
   import familial_jax
   return {"familial_jax": familial_jax.__version__,
@@ -682,7 +683,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
       "corpus": data.corpus_info,
       "tokenizer": tokenizer.spec(),
       "unigram_entropy": data.unigram_entropy,
-      "versions": _versions(),
+      "versions": versions(),
       "devices": [str(d) for d in jax.devices()],
       "mesh": dict(mesh.shape),
       "wall_seconds": time.time() - start,

@@ -1,6 +1,7 @@
 """Data sources and the grain pipeline."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -128,3 +129,15 @@ def test_tfds_source_under_mock_data():
   assert len(corpus.documents) == 12
   assert corpus.name == "tfds:imdb_reviews:train"
   assert all(isinstance(d, bytes) and d for d in corpus.documents)
+
+
+def test_training_iterator_reads_in_the_callers_thread():
+  # grain's default read options start a 16-thread pool that competes with
+  # the training loop (benchmarks/host_overhead.py); the batches are cheap
+  # enough to draw where they are consumed, and the trainer prefetches.
+  stream = (np.arange(5000) % 256).astype(np.uint8)
+  before = threading.active_count()
+  it = iter(data.train_dataset(stream, 9, 4, seed=0))
+  for _ in range(50):
+    next(it)
+  assert threading.active_count() == before

@@ -33,6 +33,14 @@ from familial_jax.data.sources import Corpus
 
 EOD = 0
 
+# No grain read threads: a batch is one numpy fancy index (microseconds), and
+# the trainer's prefetch thread already overlaps it with the device's work.
+# grain's default pool (16 threads reading 500 batches ahead) competes with
+# the training loop for the GIL and the cores: with it a step of a tiny model
+# cost 1.9-2.9x the host time (1.0-1.6 ms of loop overhead against 0.2-0.3 ms;
+# benchmarks/host_overhead.py, two runs on a 2-core CPU).
+READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
 
 @dataclasses.dataclass(frozen=True)
 class ByteTokenizer:
@@ -131,7 +139,8 @@ def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
   gather = _ShuffledBatches(
       windows, global_batch, seed,
       slice(process_index * rows, (process_index + 1) * rows))
-  return grain.MapDataset.range(2 ** 62).map(gather).to_iter_dataset()
+  return grain.MapDataset.range(2 ** 62).map(gather).to_iter_dataset(
+      READ_OPTIONS)
 
 
 def validation_windows(stream: np.ndarray, seq_len: int,
