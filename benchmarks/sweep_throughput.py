@@ -7,7 +7,7 @@ compilation, data loading, checkpoints and evaluation are all included:
   grouped          one process; the points of one model shape across budgets
                    train together in one vmapped program (`train.run_group`);
   sharded          --shards processes on the one accelerator, each running
-                   every n-th point one by one (`experiments/sweep.py
+                   its share of the shapes one by one (`experiments/sweep.py
                    --local_shards`): host work (compilation, checkpoints,
                    Python) overlaps and the accelerator interleaves the
                    programs of several small models;
@@ -56,8 +56,10 @@ _MODES = flags.DEFINE_list(
     "modes", ["one_by_one", "grouped", "sharded", "grouped_sharded"],
     "Which paths to run (one_by_one first: the others are compared to it).")
 _SHARDS = flags.DEFINE_integer(
-    "shards", min(8, os.cpu_count() or 1),
-    "Processes of the sharded modes (default: min(8, CPU cores)).")
+    "shards", None,
+    "Processes of the sharded modes (default: min(8, CPU cores, model "
+    "shapes): a shard compiles its shapes' programs, and with more shards "
+    "than shapes some shapes would be compiled twice).")
 
 
 def small_sweep(gpu: bool, small: bool) -> isoflop.SweepConfig:
@@ -129,6 +131,8 @@ def main(argv):
         f"({len(dropped)} dropped), {len(groups)} shape groups; planned "
         f"{useful:.3e} FLOPs (grouped path computes {padded / useful:.2f}x "
         "that, padding members to their group's longest)")
+  shards = _SHARDS.value or min(8, os.cpu_count() or 1,
+                                len(isoflop.by_shape(points)))
   unknown = sorted(set(_MODES.value) - set(MODES))
   if unknown or not _MODES.value:
     raise app.UsageError(f"unknown or no modes {unknown}; known: "
@@ -137,14 +141,15 @@ def main(argv):
   for mode in _MODES.value:
     grouped, sharded = MODES[mode]
     r = run_mode(sweep, len(sweep.budgets) if grouped else 1,
-                 _SHARDS.value if sharded else 1)
+                 shards if sharded else 1)
     r["model_flops_per_second"] = useful / r["wall"]
     results[mode] = r
     print(f"{mode:<15} {r['wall']:8.1f} s  {r['model_flops_per_second']:.3e} "
           f"model FLOP/s  ({r['points']} points)  phases (s, summed over "
           f"processes): {r['phases']}", flush=True)
     # Written after every mode, so a run cut short keeps what it measured.
-    record = summarise(results, device, sweep, points, useful, padded)
+    record = summarise(results, device, sweep, points, useful, padded,
+                       shards)
     if _OUTPUT.value:
       os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
       with open(_OUTPUT.value, "w") as f:
@@ -157,13 +162,13 @@ def main(argv):
 
 
 def summarise(results: dict, device, sweep, points, useful: float,
-              padded: float) -> dict:
+              padded: float, shards: int) -> dict:
   """The JSON record of the modes run so far, with each one's speedup over
   one_by_one and largest validation-loss difference."""
   record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "device": device.device_kind, "platform": device.platform,
             "jax": jax.__version__, "host_cpus": os.cpu_count(),
-            "shards": _SHARDS.value, "sweep": dataclasses.asdict(sweep),
+            "shards": shards, "sweep": dataclasses.asdict(sweep),
             "points": len(points), "planned_flops": useful,
             "grouped_flops_over_planned": padded / useful,
             "modes_run": list(results),

@@ -237,33 +237,60 @@ def checkpoint_cadence(sweep: SweepConfig, flops_per_token: float,
   return max(1, int(every))
 
 
-def groups(points: Sequence[SweepPoint], size: int
-           ) -> list[list[SweepPoint]]:
-  """Splits points into groups that `train.run_group` can train together.
-
-  Points whose TrainConfigs differ only in length and schedule (one model
-  shape across budgets) are sorted by steps and cut into groups of at most
-  `size`, so that each group's members have similar lengths.
-  """
+def by_shape(points: Sequence[SweepPoint]) -> list[list[SweepPoint]]:
+  """The points grouped by model shape: points whose TrainConfigs differ only
+  in length and schedule (`train.GROUP_FREE`), which share one compiled
+  program. Shapes in order of their first point's id; points in id order."""
   from familial_jax import train  # pylint: disable=g-import-not-at-top
-  by_shape: dict[str, list[SweepPoint]] = {}
-  for p in points:
+  shapes: dict[str, list[SweepPoint]] = {}
+  for p in sorted(points, key=lambda p: p.id):
     key = repr(sorted((k, repr(v))
                       for k, v in train.group_key(p.train).items()))
-    by_shape.setdefault(key, []).append(p)
+    shapes.setdefault(key, []).append(p)
+  return list(shapes.values())
+
+
+def groups(points: Sequence[SweepPoint], size: int
+           ) -> list[list[SweepPoint]]:
+  """Splits points into groups that `train.run_group` can train together,
+  in the order a sweep runs them.
+
+  Each shape's points are sorted by steps and cut into groups of at most
+  `size`, so that each group's members have similar lengths. The groups come
+  shape by shape, so that one process builds, traces and compiles each shape
+  once: run in id order (budget by budget) the points of a sweep with more
+  shapes than `train`'s cache of built trainers would rebuild every time.
+  """
   out = []
-  for members in by_shape.values():
+  for members in by_shape(points):
     members = sorted(members, key=lambda p: (p.train.steps, p.id))
     out += [members[i:i + size] for i in range(0, len(members), size)]
-  return sorted(out, key=lambda g: g[0].id)
+  return out
 
 
 def shard(points: Sequence[SweepPoint], index: int, count: int
           ) -> list[SweepPoint]:
-  """Points of shard `index` of `count` (round robin over the sorted plan)."""
+  """Points of shard `index` of `count`, in id order.
+
+  Whole shapes go to shards (largest planned compute first, each to the
+  least loaded shard), so that no two shards compile the same program and a
+  shard can group a shape's budgets (`groups`). With fewer shapes than
+  shards, every shard would not get one: the points are then dealt round
+  robin over the sorted plan instead.
+  """
   if count < 1 or not 0 <= index < count:
     raise ValueError(f"shard index {index} is not in [0, {count}).")
-  return list(points[index::count])
+  shapes = by_shape(points)
+  if len(shapes) < count:
+    return sorted(points, key=lambda p: p.id)[index::count]
+  load, mine = [0.0] * count, []
+  for members in sorted(shapes, key=lambda m: (-sum(p.compute for p in m),
+                                               m[0].id)):
+    j = min(range(count), key=lambda i: (load[i], i))
+    load[j] += sum(p.compute for p in members)
+    if j == index:
+      mine += members
+  return sorted(mine, key=lambda p: p.id)
 
 
 def format_plan(sweep: SweepConfig, points: Sequence[SweepPoint],

@@ -3,8 +3,12 @@
 `run(sweep, workdir)` is resumable and shardable:
 - a point with a valid record in workdir/results/ is skipped;
 - an interrupted point resumes from its orbax checkpoint in workdir/runs/<id>;
-- shard i of n runs points i, i + n, ... of the sorted plan, so the hosts of
-  a pod or a cluster's job array can split the work over one workdir;
+- shard i of n runs its share of the plan's model shapes (`isoflop.shard`:
+  whole shapes, balanced by planned compute), so the hosts of a pod, a
+  cluster's job array or the processes sharing one GPU split the work over
+  one workdir and compile each shape once;
+- a shard runs its points shape by shape (`isoflop.groups`), so each
+  shape's programs are built and traced once per process;
 - every record is written atomically; whichever shard finds the plan complete
   writes the aggregate CSV, the fits, the figures and report.md.
 Compiled programs go to a persistent cache in workdir/jax_cache, so points of
@@ -74,7 +78,8 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   Args:
     sweep: the sweep.
     workdir: results, runs, figures and report live here.
-    shard_index, num_shards: which round-robin share of the points to run.
+    shard_index, num_shards: which share of the points to run
+      (`isoflop.shard`).
     only: run just this point id.
     fit: fit the laws and draw the figures once every point is done.
     n_boot: bootstrap replicates of the fits.

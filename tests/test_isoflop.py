@@ -82,12 +82,49 @@ def test_checkpoint_cadence_is_planned_training_time():
   assert all(q.train.checkpoint_every == 0 for q in isoflop.plan(SWEEP)[0])
 
 
-def test_shards_partition_the_plan():
+def _shape(p):
+  return (p.granularity, p.depth)
+
+
+def test_shards_partition_the_plan_by_shape():
   points, _ = isoflop.plan(SWEEP)
-  shards = [isoflop.shard(points, i, 3) for i in range(3)]
-  ids = [p.id for s in shards for p in s]
-  assert sorted(ids) == sorted(p.id for p in points)
-  assert len(ids) == len(set(ids))
+  shapes = {_shape(p) for p in points}
+  assert len(shapes) == 8 and len(points) == 16
+  for count in (1, 2, 3, 7):
+    shards = [isoflop.shard(points, i, count) for i in range(count)]
+    ids = [p.id for s in shards for p in s]
+    assert sorted(ids) == sorted(p.id for p in points)
+    assert len(ids) == len(set(ids))
+    # Whole shapes: no two shards compile one program.
+    owners = {}
+    for i, s in enumerate(shards):
+      assert [p.id for p in s] == sorted(p.id for p in s)
+      for p in s:
+        assert owners.setdefault(_shape(p), i) == i
+    # Balanced by planned compute: greedy assignment, largest first, keeps
+    # every shard within one shape's compute of the lightest.
+    loads = [sum(p.compute for p in s) for s in shards]
+    biggest = max(sum(p.compute for p in points if _shape(p) == k)
+                  for k in shapes)
+    assert max(loads) - min(loads) <= biggest
+  # Fewer shapes than shards: points dealt round robin, no shard left idle.
+  shards = [isoflop.shard(points, i, 9) for i in range(9)]
+  assert all(shards) and sum(map(len, shards)) == len(points)
+
+
+def test_groups_run_shape_by_shape():
+  points, _ = isoflop.plan(SWEEP)
+  for size in (1, 2):
+    groups = isoflop.groups(points, size)
+    assert sorted(p.id for g in groups for p in g) == sorted(
+        p.id for p in points)
+    order = [_shape(g[0]) for g in groups]
+    # Each shape's groups are consecutive (one build per shape per process).
+    assert len({k for k in order}) == len(
+        [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k])
+    for g in groups:
+      assert len(g) <= size and len({_shape(p) for p in g}) == 1
+      assert [p.train.steps for p in g] == sorted(p.train.steps for p in g)
 
 
 def test_plan_table_lists_points_and_drops():
