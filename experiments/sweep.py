@@ -5,7 +5,8 @@ r"""Runs an IsoFLOP sweep: plan, train every point, fit the laws, draw figures.
 
 Rerunning the same command skips finished points and resumes interrupted ones.
 Split the work with --shard_index=i --num_shards=n (one process per shard, one
-workdir); --local_shards=n starts the n shard processes on this machine
+workdir; each shard takes whole model shapes, so each shape compiles once);
+--local_shards=n starts the n shard processes on this machine
 (sharing its accelerator: small models leave a GPU idle between steps and
 spend most of their time compiling, evaluating and checkpointing on the host),
 waits for them and then fits; --point=ID runs one point; --dry_run prints the
