@@ -10,7 +10,7 @@ workdir; each shard takes whole model shapes, so each shape compiles once);
 (sharing its accelerator: small models leave a GPU idle between steps and
 spend most of their time compiling, evaluating and checkpointing on the host),
 waits for them and then fits; --point=ID runs one point; --dry_run prints the
-plan and exits.
+plan (with --num_shards or --local_shards, also what each shard runs) and exits.
 """
 
 import os
@@ -96,7 +96,7 @@ def main(argv):
     n_boot = d.pop("n_boot", 100)
     sweep = isoflop.sweep_from_dict(d)
     if _DRY_RUN.value:
-      log(sweep_lib.dry_run(sweep))
+      log(sweep_lib.dry_run(sweep, max(_NUM_SHARDS.value, _LOCAL.value)))
       return
     if not _WORKDIR.value:
       raise app.UsageError("--workdir is required (except with --dry_run).")

@@ -310,3 +310,18 @@ def format_plan(sweep: SweepConfig, points: Sequence[SweepPoint],
   for pid, why in dropped:
     lines.append(f"dropped {pid}: {why}")
   return "\n".join(lines)
+
+
+def format_shards(sweep: SweepConfig, points: Sequence[SweepPoint],
+                  count: int) -> str:
+  """What each of `count` shards runs: shapes, points and planned time at
+  sweep.flops_per_second (the slowest shard sets the sweep's wall time)."""
+  lines = [f"{'shard':<7}{'shapes':>7}{'points':>7}{'est min':>9}  (G, layers)"]
+  for i in range(count):
+    mine = shard(points, i, count)
+    shapes = sorted({(p.granularity, p.depth) for p in mine})
+    est = sum(p.compute for p in mine) / sweep.flops_per_second / 60
+    lines.append(f"{i:<7}{len(shapes):>7}{len(mine):>7}{est:>9.1f}  " +
+                 " ".join(f"({g},{l})" for g, l in shapes))
+  return "\n".join(lines)
+

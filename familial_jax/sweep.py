@@ -62,12 +62,15 @@ def plan_anywhere(sweep: isoflop.SweepConfig):
             f"corpus not readable here, epoch limit not checked: {e}")
 
 
-def dry_run(sweep: isoflop.SweepConfig) -> str:
-  """The plan as a table. Works without the corpus (the epoch limit is then
-  not checked, and the table says so)."""
+def dry_run(sweep: isoflop.SweepConfig, num_shards: int = 1) -> str:
+  """The plan as a table, and with num_shards > 1 what each shard runs.
+  Works without the corpus (the epoch limit is then not checked, and the
+  table says so)."""
   points, dropped, note = plan_anywhere(sweep)
-  return isoflop.format_plan(sweep, points, dropped) + (
-      f"\n({note})" if note else "")
+  text = isoflop.format_plan(sweep, points, dropped)
+  if num_shards > 1:
+    text += "\n" + isoflop.format_shards(sweep, points, num_shards)
+  return text + (f"\n({note})" if note else "")
 
 
 def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,

@@ -133,6 +133,19 @@ def test_plan_table_lists_points_and_drops():
   assert f"{len(points)} points" in text and "dropped C2e+10-G4-L2" in text
 
 
+def test_shard_table_says_what_each_shard_runs():
+  points, _ = isoflop.plan(SWEEP)
+  rows = isoflop.format_shards(SWEEP, points, 3).splitlines()[1:]
+  assert len(rows) == 3
+  for i, row in enumerate(rows):
+    mine = isoflop.shard(points, i, 3)
+    index, shapes, count, minutes = row.split()[:4]
+    assert (int(index), int(count)) == (i, len(mine))
+    assert int(shapes) == len({(p.granularity, p.depth) for p in mine})
+    assert float(minutes) == pytest.approx(
+        sum(p.compute for p in mine) / SWEEP.flops_per_second / 60, abs=0.06)
+
+
 def _record(pid, losses=(3.0, 2.5)):
   return {"point_id": pid, "exit_losses": list(losses), "N": 1000,
           "N_g": [500, 1000], "D": 10_000, "C": 1e10, "G": 2, "budget": 1e10,

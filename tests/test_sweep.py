@@ -181,3 +181,14 @@ def test_bad_input_fails_before_training(tmp_path):
   proc = _sweep(str(tmp_path / "no_such_preset.py"), tmp_path / "c")
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode != 0 and "no_such_preset" in out
+
+
+def test_dry_run_shows_the_plan_and_each_shards_shapes(tmp_path):
+  proc = _sweep(_config(tmp_path), tmp_path / "w", "--dry_run",
+                "--local_shards=2")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert "8 points" in out and not (tmp_path / "w").exists()
+  rows = out[out.index("shard "):].splitlines()[1:3]
+  # 4 shapes (G 1, 2 x 2, 3 layers), 2 budgets each: 2 whole shapes a shard.
+  assert [r.split()[:3] for r in rows] == [["0", "2", "4"], ["1", "2", "4"]]
