@@ -258,8 +258,8 @@ def groups(points: Sequence[SweepPoint], size: int
   Each shape's points are sorted by steps and cut into groups of at most
   `size`, so that each group's members have similar lengths. The groups come
   shape by shape, so that one process builds, traces and compiles each shape
-  once: run in id order (budget by budget) the points of a sweep with more
-  shapes than `train`'s cache of built trainers would rebuild every time.
+  once: in id order (budget by budget), a sweep with more shapes than
+  `train` keeps built trainers for would build one for every point.
   """
   out = []
   for members in by_shape(points):
@@ -275,7 +275,7 @@ def shard(points: Sequence[SweepPoint], index: int, count: int
   Whole shapes go to shards (largest planned compute first, each to the
   least loaded shard), so that no two shards compile the same program and a
   shard can group a shape's budgets (`groups`). With fewer shapes than
-  shards, every shard would not get one: the points are then dealt round
+  shards some shards would get none, so the points are then dealt round
   robin over the sorted plan instead.
   """
   if count < 1 or not 0 <= index < count:
