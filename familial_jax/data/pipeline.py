@@ -37,8 +37,9 @@ EOD = 0
 # the trainer's prefetch thread already overlaps it with the device's work.
 # grain's default pool (16 threads reading 500 batches ahead) competes with
 # the training loop for the GIL and the cores: with it a step of a tiny model
-# cost 1.9-2.9x the host time (1.0-1.6 ms of loop overhead against 0.2-0.3 ms;
-# benchmarks/host_overhead.py, two runs on a 2-core CPU).
+# took 1.9-2.9x the time (1.0-1.6 ms of loop overhead on top of the jitted
+# step, against 0.18-0.34 ms without; benchmarks/host_overhead.py, two runs on
+# a 2-core CPU).
 READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
