@@ -268,9 +268,9 @@ def groups(points: Sequence[SweepPoint], size: int
   return out
 
 
-def shard(points: Sequence[SweepPoint], index: int, count: int
-          ) -> list[SweepPoint]:
-  """Points of shard `index` of `count`, in id order.
+def shards(points: Sequence[SweepPoint], count: int
+           ) -> list[list[SweepPoint]]:
+  """The points of each of `count` shards, each in id order.
 
   Whole shapes go to shards (largest planned compute first, each to the
   least loaded shard), so that no two shards compile the same program and a
@@ -278,19 +278,28 @@ def shard(points: Sequence[SweepPoint], index: int, count: int
   shards some shards would get none, so the points are then dealt round
   robin over the sorted plan instead.
   """
-  if count < 1 or not 0 <= index < count:
-    raise ValueError(f"shard index {index} is not in [0, {count}).")
+  if count < 1:
+    raise ValueError(f"shard count {count} is not >= 1.")
   shapes = by_shape(points)
   if len(shapes) < count:
-    return sorted(points, key=lambda p: p.id)[index::count]
-  load, mine = [0.0] * count, []
-  for members in sorted(shapes, key=lambda m: (-sum(p.compute for p in m),
-                                               m[0].id)):
+    ordered = sorted(points, key=lambda p: p.id)
+    return [ordered[i::count] for i in range(count)]
+  weighed = sorted(((sum(p.compute for p in m), m) for m in shapes),
+                   key=lambda cm: (-cm[0], cm[1][0].id))
+  load, out = [0.0] * count, [[] for _ in range(count)]
+  for compute, members in weighed:
     j = min(range(count), key=lambda i: (load[i], i))
-    load[j] += sum(p.compute for p in members)
-    if j == index:
-      mine += members
-  return sorted(mine, key=lambda p: p.id)
+    load[j] += compute
+    out[j] += members
+  return [sorted(m, key=lambda p: p.id) for m in out]
+
+
+def shard(points: Sequence[SweepPoint], index: int, count: int
+          ) -> list[SweepPoint]:
+  """Points of shard `index` of `count` (see `shards`), in id order."""
+  if not 0 <= index < count:
+    raise ValueError(f"shard index {index} is not in [0, {count}).")
+  return shards(points, count)[index]
 
 
 def format_plan(sweep: SweepConfig, points: Sequence[SweepPoint],
@@ -317,8 +326,7 @@ def format_shards(sweep: SweepConfig, points: Sequence[SweepPoint],
   """What each of `count` shards runs: shapes, points and planned time at
   sweep.flops_per_second (the slowest shard sets the sweep's wall time)."""
   lines = [f"{'shard':<7}{'shapes':>7}{'points':>7}{'est min':>9}  (G, layers)"]
-  for i in range(count):
-    mine = shard(points, i, count)
+  for i, mine in enumerate(shards(points, count)):
     shapes = sorted({(p.granularity, p.depth) for p in mine})
     est = sum(p.compute for p in mine) / sweep.flops_per_second / 60
     lines.append(f"{i:<7}{len(shapes):>7}{len(mine):>7}{est:>9.1f}  " +

@@ -120,7 +120,7 @@ def test_groups_run_shape_by_shape():
         p.id for p in points)
     order = [_shape(g[0]) for g in groups]
     # Each shape's groups are consecutive (one build per shape per process).
-    assert len({k for k in order}) == len(
+    assert len(set(order)) == len(
         [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k])
     for g in groups:
       assert len(g) <= size and len({_shape(p) for p in g}) == 1
