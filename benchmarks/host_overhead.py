@@ -18,7 +18,7 @@ read option. Prints the per-step milliseconds and the ratios.
   python benchmarks/host_overhead.py --output=benchmarks/results/host_overhead_cpu.json
 """
 
-import dataclasses
+import contextlib
 import datetime
 import json
 import os
@@ -63,24 +63,27 @@ def bare_ms(cfg: TrainConfig) -> float:
   return (time.perf_counter() - t) / cfg.steps * 1e3
 
 
-def loop_ms(cfg: TrainConfig, options: grain.ReadOptions) -> float:
+@contextlib.contextmanager
+def read_options(options: grain.ReadOptions):
+  """The training pipeline with other grain read options, for a comparison."""
   saved, pipeline.READ_OPTIONS = pipeline.READ_OPTIONS, options
   try:
-    with tempfile.TemporaryDirectory() as workdir:
-      record = train.run(cfg, workdir, log=lambda s: None)
+    yield
   finally:
     pipeline.READ_OPTIONS = saved
+
+
+def loop_ms(cfg: TrainConfig, options: grain.ReadOptions) -> float:
+  with read_options(options), tempfile.TemporaryDirectory() as workdir:
+    record = train.run(cfg, workdir, log=lambda s: None)
   return record["timing"]["steps"] / cfg.steps * 1e3
 
 
 def next_ms(cfg: TrainConfig, options: grain.ReadOptions) -> float:
   stream = train.load_data(cfg.data).train
-  saved, pipeline.READ_OPTIONS = pipeline.READ_OPTIONS, options
-  try:
+  with read_options(options):
     it = iter(pipeline.train_dataset(stream, cfg.seq_len, cfg.batch_size,
                                      cfg.seed))
-  finally:
-    pipeline.READ_OPTIONS = saved
   next(it)
   t = time.perf_counter()
   for _ in range(cfg.steps):
