@@ -11,8 +11,9 @@
   shape's programs are built and traced once per process;
 - every record is written atomically; whichever shard finds the plan complete
   writes the aggregate CSV, the fits, the figures and report.md.
-Compiled programs go to a persistent cache in workdir/jax_cache, so points of
-one shape (across budgets) and reruns compile once.
+Compiled programs go to a persistent cache (`train.enable_compilation_cache`:
+the user's JAX_COMPILATION_CACHE_DIR, else workdir/jax_cache), so reruns and
+other processes load them instead of compiling.
 """
 
 from __future__ import annotations
