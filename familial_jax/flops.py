@@ -193,12 +193,19 @@ class ShapeLadder:
   def layers_for(self, n_params, granularity=1):
     """Continuous depth with N(depth) = n_params (inverse of the above)."""
     n_params = np.asarray(n_params, np.float64)
-    lo, hi = np.full_like(n_params, 1e-3), np.full_like(n_params, 1e6)
-    for _ in range(100):  # bisection in log space; N is increasing in depth
-      mid = np.sqrt(lo * hi)
-      above = self.non_embedding_params(mid, granularity) > n_params
-      hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
-    return np.sqrt(lo * hi)
+    # N(L) = k3 L^3 + k2 L^2 + k1 L, all k > 0: increasing and convex for
+    # L > 0, so Newton's method from the overestimate (N / k3)^(1/3) falls
+    # monotonically onto the root (quadratically, a handful of steps).
+    r = self.aspect_ratio
+    k3, k2, k1 = (4 + 3 * self.ff_ratio) * r * r, 2 * r, granularity * r
+    depth = np.cbrt(n_params / k3)
+    for _ in range(100):
+      step = ((((k3 * depth + k2) * depth + k1) * depth - n_params) /
+              ((3 * k3 * depth + 2 * k2) * depth + k1))
+      depth = depth - step
+      if np.all(np.abs(step) <= 1e-14 * depth):
+        break
+    return depth
 
   def train_flops_per_token(self, n_params, granularity=1):
     """Training FLOPs per token (3 x forward, causal attention, G exits) of

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import optimize
 
 from familial_jax import flops
 from familial_jax.config import ModelConfig
@@ -102,3 +103,23 @@ def test_submodel_flops_are_prefix_of_family():
   last = flops.submodel_flops_per_token(cfg, 3)
   assert fam.forward - last.forward == 3 * 2 * cfg.d_model * cfg.vocab_size
   assert np.isclose(fam.train, 3 * fam.forward)
+
+
+@pytest.mark.parametrize("granularity", [1, 4, 8])
+def test_ladder_depth_inverts_its_parameter_count(granularity):
+  """layers_for (Newton on the cubic N(L)) against scipy's root finder, from
+  10^2 to 10^13 parameters, and N(layers_for(N)) = N to rounding."""
+  ladder = flops.ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=3.0,
+                             ff_ratio=8 / 3, head_dim=6)
+  n = np.geomspace(1e2, 1e13, 23)
+  depth = ladder.layers_for(n, granularity)
+  np.testing.assert_allclose(
+      ladder.non_embedding_params(depth, granularity), n, rtol=1e-14)
+  for x, got in zip(n, depth):
+    want = optimize.brentq(
+        lambda l, x=x: ladder.non_embedding_params(l, granularity) - x,
+        1e-6, 1e6, xtol=1e-300, rtol=4 * np.finfo(float).eps)
+    assert got == pytest.approx(want, rel=1e-14)
+  # An integer depth comes back.
+  assert ladder.layers_for(ladder.non_embedding_params(12, granularity),
+                           granularity) == pytest.approx(12, rel=1e-14)

@@ -165,12 +165,7 @@ def _huber_jvp(delta, primals, tangents):
 
 BACKENDS = ("jaxopt", "optax")
 _PAD = 64
-# These programs are tiny and run once per fit: compile time dominates, so
-# skip the expensive LLVM passes (measured: 1.9 s -> 1.3 s compile on CPU for
-# the jaxopt solve, same results; benchmarks/fit_speed.py).
-_FAST_COMPILE = {"xla_backend_optimization_level": 0,
-                 "xla_cpu_use_fusion_emitters": False,
-                 "xla_llvm_disable_expensive_passes": True}
+_FAST_COMPILE = forms_lib.FAST_COMPILE
 
 
 @functools.lru_cache(maxsize=None)
@@ -436,15 +431,9 @@ def fit(table, form="multiplicative", huber_delta: float = 1e-3, *,
       n_points=len(y), n_starts=len(starts))
 
 
-@functools.lru_cache(maxsize=None)
-def _predictor(form_name: str):
-  return jax.jit(forms_lib.get_form(form_name).log_loss,
-                 compiler_options=_FAST_COMPILE)
-
-
 def predict_log(form, theta, x) -> np.ndarray:
   """log L_hat for raw parameters `theta` and log inputs `x` (float64)."""
   form = forms_lib.get_form(form)
   with jax.enable_x64(True):
-    return np.asarray(_predictor(form.name)(
+    return np.asarray(forms_lib.compiled(form.log_loss)(
         jnp.asarray(theta, jnp.float64), jnp.asarray(x, jnp.float64)))
