@@ -36,7 +36,11 @@ def _save(fig, path):
 
 def isoflop_curves(table, report, form, path):
   """Family loss against N, one line per budget, one panel per G; the
-  fitted law dashed."""
+  fitted law dashed; a star at each bracketed profile's own minimum
+  (`laws.isoflop_minima`)."""
+  minima = {(r["granularity"], r["budget"]): r for r in
+            (report.get("analysis") or {}).get("isoflop_minima", [])
+            if r["bracketed"]}
   fam = table_lib.family_table(table)
   gs = np.unique(fam["granularity"])
   budgets = np.unique(fam["budget"])
@@ -52,6 +56,10 @@ def isoflop_curves(table, report, form, path):
         ns = np.geomspace(n.min(), n.max(), 50)
         ds = np.exp(np.interp(np.log(ns), np.log(n), np.log(d)))
         ax.plot(ns, _predict(report, form, ns, ds, g), "--", color=color)
+      best = minima.get((int(g), float(c)))
+      if best:
+        ax.plot(best["params"], best["loss"], "*", color=color, ms=10,
+                mec="k", mew=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("N (non-embedding parameters)")
     ax.set_title(f"G = {int(g)}")
@@ -107,30 +115,39 @@ def granularity_penalty(table, report, path):
 
 
 def compute_optimal(table, report, path):
-  """N* and D* against C for every G, with the observed IsoFLOP minima."""
+  """N* and D* against C for every G (the fitted law), with the IsoFLOP
+  minima of the data: filled where a profile brackets its minimum (its
+  parabola vertex), open where its lowest loss is at an end of the sizes
+  (only a bound)."""
   an = report.get("analysis") or {}
   if not an:
     return None
-  fam = table_lib.family_table(table)
   fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
   gs = sorted(an["compute_optimal"], key=int)
   for color, g in zip(_colors(len(gs)), gs):
     opt = an["compute_optimal"][g]
     a1.plot(opt["budget"], opt["params"], "-", color=color, label=f"G={g}")
     a2.plot(opt["budget"], opt["tokens"], "-", color=color, label=f"G={g}")
-    for c in np.unique(fam["budget"]):
-      m = (fam["budget"] == c) & (fam["granularity"] == int(g))
-      if m.any():
-        i = np.argmin(np.where(m, fam["loss"], np.inf))
-        a1.plot(c, fam["params"][i], "o", color=color)
-        a2.plot(c, fam["tokens"][i], "o", color=color)
+    for r in an.get("isoflop_minima", []):
+      if r["granularity"] != int(g):
+        continue
+      n, d = ((r["params"], r["tokens"]) if r["bracketed"] else
+              (r["lowest_params"], r["lowest_tokens"]))
+      style = dict(color=color, mfc=color if r["bracketed"] else "none")
+      a1.plot(r["budget"], n, "o", **style)
+      a2.plot(r["budget"], d, "o", **style)
   for ax, name in ((a1, "N*"), (a2, "D*")):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("C (training FLOPs)")
     ax.set_ylabel(name)
   a1.legend(fontsize=7)
-  a1.set_title(f"compute-optimal allocation ({an['form']})")
+  a1.set_title(f"compute-optimal allocation ({an['form']} law)")
+  a2.legend(handles=[
+      plt.Line2D([], [], ls="", marker="o", color="gray",
+                 label="data: minimum of the IsoFLOP profile"),
+      plt.Line2D([], [], ls="", marker="o", color="gray", mfc="none",
+                 label="data: lowest loss at an end (a bound)")], fontsize=7)
   return _save(fig, path)
 
 

@@ -291,6 +291,87 @@ def test_efficiency_leverage_by_hand():
   assert el["compute_ratio"] == pytest.approx(el["dense_flops_to_match"] / c)
 
 
+def test_isoflop_minima_by_hand():
+  """The vertex of an exact parabola in log N, per-exit rows averaged first,
+  and profiles whose lowest loss is at an end are flagged, not extrapolated."""
+  n = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5])
+  parabola = 2.0 + 0.3 * np.log(n / 3e4) ** 2
+  rows = []  # (params, tokens, G, budget, exit, loss)
+  for x, y in zip(n, parabola):  # G = 2: exits 0.1 below and above the mean
+    rows += [(x, 1e12 / (6 * x), 2, 1e12, 1, y - 0.1),
+             (x, 1e12 / (6 * x), 2, 1e12, 2, y + 0.1)]
+  for x in n:  # G = 1: loss rising with N, lowest at the smallest size
+    rows.append((x, 1e12 / (6 * x), 1, 1e12, 1, 2.0 + np.log(x / 1e4)))
+  for x, y in zip(n[3:], [2.5, 2.2, 2.4]):  # G = 1 at 1e13: 3 sizes
+    rows.append((x, 1e13 / (6 * x), 1, 1e13, 1, y))
+  table = dict(zip(("params", "tokens", "granularity", "budget", "exit",
+                    "loss"), map(np.array, zip(*rows))))
+  table["exit_params"] = table["params"] * table["exit"] / 2
+  got = {(r["granularity"], r["budget"]): r
+         for r in laws.isoflop_minima(table)}
+  assert len(got) == 3
+  vertex = got[(2, 1e12)]
+  assert vertex["bracketed"] and vertex["edge"] is None
+  assert vertex["points"] == 6
+  assert vertex["params"] == pytest.approx(3e4, rel=1e-9)
+  assert vertex["loss"] == pytest.approx(2.0, rel=1e-9)
+  assert vertex["lowest_params"] == 4e4  # |log(4/3)| < |log(2/3)|
+  edge = got[(1, 1e12)]
+  assert not edge["bracketed"] and edge["edge"] == "smallest"
+  assert np.isnan(edge["params"]) and edge["lowest_params"] == 1e4
+  # Three sizes: the parabola through them, by hand.
+  x, y = np.log(n[3:]), np.array([2.5, 2.2, 2.4])
+  a, b, _ = np.linalg.solve(np.vander(x, 3), y)
+  assert got[(1, 1e13)]["params"] == pytest.approx(np.exp(-b / (2 * a)),
+                                                   rel=1e-9)
+  with pytest.raises(ValueError, match="half_width"):
+    laws.isoflop_minima(table, half_width=0)
+
+
+def test_isoflop_minima_of_a_law_find_its_compute_optimum_and_exponent():
+  """Profiles sampled from a known law along a ladder (sizes 1.5x apart,
+  D from the budget with the exact FLOPs per token): the data-only vertex
+  lands on the law's N* (`compute_optimal`, a fine scan)."""
+  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=3.0,
+                       ff_ratio=8 / 3, head_dim=6)
+  form = laws.get_form("multiplicative")
+  result = fitting.FitResult(
+      form="multiplicative", params=TRUE, raw=form.from_natural(TRUE),
+      objective=0.0, converged=True, grad_norm=0.0, residuals=np.zeros(0),
+      predictions=np.zeros(0), huber_delta=1e-3, n_points=0, n_starts=0)
+  rows = []
+  for c in [1e11, 1e12, 1e13]:
+    for g in [1, 4]:
+      n_star = laws.compute_optimal(result, c, g, ladder)["params"][0]
+      for k in range(-3, 4):
+        n = n_star * 1.5 ** (k + 0.3)  # the optimum between two sizes
+        d = c / ladder.train_flops_per_token(n, g)
+        rows.append((n, d, g, c, form.predict(TRUE, n, d, g)))
+  table = dict(zip(("params", "tokens", "granularity", "budget", "loss"),
+                   map(np.array, zip(*rows))))
+  minima = laws.isoflop_minima(table)
+  assert len(minima) == 6 and all(r["bracketed"] for r in minima)
+  for r in minima:
+    n_star = laws.compute_optimal(result, r["budget"], r["granularity"],
+                                  ladder)["params"][0]
+    assert r["params"] == pytest.approx(n_star, rel=0.01), r
+    assert abs(np.log(r["lowest_params"] / n_star)) > 0.1  # not a lookup
+  # The report puts them next to the law's N*, with the exponents of C.
+  got = laws.report.minima_against_law(result, table, ladder)
+  for g in ("1", "4"):
+    e = got["minima_exponents"][g]
+    assert e["budgets"] == 3
+    assert e["data"] == pytest.approx(e["law"], abs=0.005)
+    n_star = [laws.compute_optimal(result, c, int(g), ladder)["params"][0]
+              for c in (1e11, 1e13)]
+    assert e["law"] == pytest.approx(
+        np.log(n_star[1] / n_star[0]) / np.log(100), rel=1e-3)
+  report = {"fits": {}, "analysis": got}
+  text = laws.report.markdown(report, {}, ".")
+  assert "## IsoFLOP minima: the data against the law" in text
+  assert text.count("| 4 | 1e+12 | 7 |") == 1
+
+
 def test_branch_law_fits_per_exit_rows():
   rng = np.random.default_rng(3)
   rows = []

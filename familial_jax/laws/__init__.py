@@ -5,7 +5,7 @@
 
 from familial_jax.laws import analysis, fitting, forms, report, table
 from familial_jax.laws.analysis import (Bootstrap, bootstrap, compute_optimal,
-                                        efficiency_leverage,
+                                        efficiency_leverage, isoflop_minima,
                                         leave_one_budget_out, select_form)
 from familial_jax.laws.fitting import FitResult, besiroglu_grid, fit, minimise
 from familial_jax.laws.forms import FORMS, UNIFIED_FORMS, Form, get_form

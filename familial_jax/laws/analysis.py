@@ -5,6 +5,8 @@
 - `compute_optimal`: N*(C, G), D*(C, G) along a shape ladder, with the exact
   FLOPs per token (every exit head and the attention scores; not 6ND).
 - `efficiency_leverage`: is one familial run better than G dense runs?
+- `isoflop_minima`: the loss-minimising N of every IsoFLOP profile, read from
+  the data alone (no law), to check the law's N* against.
 
 Conventions:
 - The unified law predicts the *family loss*, the mean of the G exit losses;
@@ -325,3 +327,61 @@ def _compute_to_reach(result, target, ladder, c_ref) -> float:
     mid = 0.5 * (lo + hi)
     lo, hi = (mid, hi) if best(mid) > target else (lo, mid)
   return float(np.exp(hi))
+
+
+def isoflop_minima(table, half_width: int = 2) -> list[dict]:
+  """The loss-minimising model size of every IsoFLOP profile, from the data.
+
+  Hoffmann et al. (2022)'s approach 2, which needs no law: for every (budget,
+  G), the family losses against log N; a least-squares parabola through the
+  lowest observed loss and up to `half_width` sizes on each side of it has its
+  vertex at N_min. A profile is *bracketed* when its lowest loss has a larger
+  loss at a smaller and at a larger N (the minimum lies between sampled
+  sizes) and the parabola is convex with its vertex inside the fitted sizes;
+  otherwise the minimum lies outside the sampled sizes (or the profile has
+  fewer than 3), and N_min is NaN.
+
+  Args:
+    table: a loss table (per-exit rows are averaged into family losses)
+      with a `budget` column (without one, budgets are 6ND on a grid).
+    half_width: neighbours on each side of the lowest point in the parabola.
+
+  Returns:
+    One row per profile, by G then budget: {"budget", "granularity",
+    "points", "bracketed", "params" (N_min), "loss" (the parabola at N_min),
+    "lowest_params", "lowest_tokens" and "lowest_loss" (the lowest observed
+    point), "edge"
+    ("smallest" or "largest" when the lowest loss is at that end, else
+    None)}.
+  """
+  if not isinstance(half_width, int) or half_width < 1:
+    raise ValueError(f"half_width must be an integer >= 1, got {half_width!r}.")
+  fam = table_lib.family_table(table_lib.as_table(table))
+  table_lib.check_positive_finite(fam, ("params", "loss"))
+  budget = table_lib.budgets_of(fam)
+  rows = []
+  for g in np.unique(fam["granularity"]):
+    for c in np.unique(budget[fam["granularity"] == g]):
+      m = (fam["granularity"] == g) & (budget == c)
+      order = np.argsort(fam["params"][m])
+      n = fam["params"][m][order]
+      x = np.log(n)
+      y = fam["loss"][m][order]
+      tokens = fam["tokens"][m][order]
+      i = int(np.argmin(y))
+      row = {"budget": float(c), "granularity": int(g), "points": len(y),
+             "bracketed": False, "params": float("nan"),
+             "loss": float("nan"), "lowest_params": float(n[i]),
+             "lowest_loss": float(y[i]), "lowest_tokens": float(tokens[i]),
+             "edge": ("smallest" if i == 0 else
+                      "largest" if i == len(y) - 1 else None)}
+      rows.append(row)
+      if row["edge"]:
+        continue
+      lo, hi = max(0, i - half_width), min(len(y), i + half_width + 1)
+      a, b, c0 = np.polyfit(x[lo:hi], y[lo:hi], 2)
+      vertex = -b / (2 * a) if a > 0 else np.nan
+      if a > 0 and x[lo] < vertex < x[hi - 1]:
+        row.update(bracketed=True, params=float(np.exp(vertex)),
+                   loss=float(c0 - b * b / (4 * a)))
+  return rows

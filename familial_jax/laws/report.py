@@ -123,7 +123,31 @@ def analyse(report: dict, table, ladder, budgets, granularities) -> dict:
   return {"form": form, "budgets": grid.tolist(), "compute_optimal": optimal,
           "efficiency_leverage": leverage,
           "at_sweep_budgets": {"compute_optimal": at_optimal,
-                               "efficiency_leverage": at_leverage}}
+                               "efficiency_leverage": at_leverage},
+          **minima_against_law(result, table, ladder)}
+
+
+def minima_against_law(result, table, ladder) -> dict:
+  """The data's IsoFLOP minima (`analysis.isoflop_minima`) next to the law's
+  N* at the same budget and G, and per G the exponent a of N_min ~ C^a over
+  the bracketed budgets, the data's and the law's over the same budgets."""
+  minima = analysis.isoflop_minima(table)
+  for row in minima:
+    row["law_params"] = float(analysis.compute_optimal(
+        result, row["budget"], row["granularity"], ladder)["params"][0])
+    row["tokens"] = float(row["budget"] / np.squeeze(
+        ladder.train_flops_per_token(row["params"], row["granularity"])))
+  exponents = {}
+  for g in sorted({r["granularity"] for r in minima}):
+    rows = [r for r in minima if r["granularity"] == g and r["bracketed"]]
+    if len(rows) < 2:
+      continue
+    log_c = np.log([r["budget"] for r in rows])
+    slope = lambda key: float(np.polyfit(
+        log_c, np.log([r[key] for r in rows]), 1)[0])
+    exponents[str(g)] = {"budgets": len(rows), "data": slope("params"),
+                         "law": slope("law_params")}
+  return {"isoflop_minima": minima, "minima_exponents": exponents}
 
 
 def analyse_sweep(report: dict, table, sweep) -> None:
@@ -216,6 +240,29 @@ def markdown(report: dict, figures: dict[str, str], root: str) -> str:
             f"{r['tokens']:,.0f} | {r['tokens_per_param']:.2f} | "
             f"{r['loss']:.4f} |" for r in alloc]
     out.append("")
+  minima = minima_rows(report)
+  if minima:
+    out += ["## IsoFLOP minima: the data against the law", "",
+            "Each profile's minimum from the data alone (a parabola in log N "
+            "through the lowest loss and two sizes on each side; Hoffmann et "
+            "al.'s approach 2), where sizes on both sides of it were trained, "
+            "next to the fitted law's N*. Unbracketed profiles give only a "
+            "bound: their lowest loss is at the smallest or largest size.", "",
+            "| G | C | sizes | lowest loss at N | N_min (data) | N* (law) | "
+            "N_min / N* |", "|---" * 7 + "|"]
+    out += [f"| {r['granularity']} | {r['budget']:.3g} | {r['points']} | "
+            f"{r['lowest_params']:,.0f} | "
+            + (f"{r['params']:,.0f} | {r['law_params']:,.0f} | "
+               f"{r['params'] / r['law_params']:.2f} |" if r["bracketed"] else
+               f"{_unbracketed(r)} | {r['law_params']:,.0f} | |")
+            for r in minima]
+    out.append("")
+    exponents = report["analysis"].get("minima_exponents", {})
+    if exponents:
+      out += [f"G = {g}: N_min ~ C^{e['data']:.3f} from the data over "
+              f"{e['budgets']} bracketed budgets; the law's N* ~ "
+              f"C^{e['law']:.3f} over the same budgets." for g, e in
+              exponents.items()] + [""]
   if report.get("claims"):
     out += ["## The paper's claims against this sweep", "",
             "| claim | fitted | observed | verdict |", "|---" * 4 + "|"]
@@ -390,6 +437,20 @@ def format_analysis(report: dict) -> str:
     lines += [f"  {r['G']:>2} {r['budget']:>9.3g} {r['params']:>10,.0f} "
               f"{r['tokens']:>12,.0f} {r['tokens_per_param']:>7.2f}"
               for r in alloc]
+  minima = minima_rows(report)
+  if minima:
+    lines.append("IsoFLOP minima from the data (parabola in log N) against "
+                 "the law's N*:")
+    lines.append(f"  {'G':>2} {'C':>9} {'N_min':>10} {'N*':>10} {'ratio':>6}")
+    lines += [f"  {r['granularity']:>2} {r['budget']:>9.3g} "
+              + (f"{r['params']:>10,.0f} {r['law_params']:>10,.0f} "
+                 f"{r['params'] / r['law_params']:>6.2f}" if r["bracketed"]
+                 else f"{'-':>10} {r['law_params']:>10,.0f}   "
+                      f"({_unbracketed(r)})")
+              for r in minima]
+    lines += [f"  G = {g}: exponent of C in N_min {e['data']:.3f} (data, "
+              f"{e['budgets']} budgets), {e['law']:.3f} (law)" for g, e in
+              report["analysis"].get("minima_exponents", {}).items()]
   for c in report.get("claims", []):
     lines += [f"claim: {c['claim']}: {c['verdict']}",
               f"  fitted: {c['fitted']}", f"  observed: {c['observed']}"]
@@ -407,3 +468,15 @@ def allocation_rows(report: dict) -> list[dict]:
                    "tokens_per_param": opt["tokens"][i] / opt["params"][i],
                    "loss": opt["loss"][i]})
   return rows
+
+
+def minima_rows(report: dict) -> list[dict]:
+  """The IsoFLOP minima of `minima_against_law` in a report (or [])."""
+  return report.get("analysis", {}).get("isoflop_minima", [])
+
+
+def _unbracketed(row: dict) -> str:
+  """Why an IsoFLOP profile has no N_min."""
+  if row["edge"]:
+    return f"lowest loss at the {row['edge']} size"
+  return "no convex minimum"
