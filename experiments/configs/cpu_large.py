@@ -1,9 +1,10 @@
-r"""The largest IsoFLOP sweep this project runs on 2 CPU cores (about 1.5 hours).
+r"""The largest IsoFLOP sweep this project runs on 2 CPU cores (about 2.3 hours).
 
 Stands in for the gpu_h100 sweep when no GPU is lent (issue 8): 5 budgets
-(4e10 to 1.44e12 FLOPs) x G in {1, 2, 4, 8} x 5 sizes (depth 8 to 16 at
-d_model = 3 x depth, so G = 8 is allowed at every size; N = 56k to 444k),
-byte-level tokens of the default corpus; 100 trainings:
+(4e10 to 1.44e12 FLOPs) x G in {1, 2, 4, 8} x 7 sizes (depth 4 to 16 at
+d_model = 3 x depth, N = 7.0k to 444k; G = 8 needs depth >= 8, so it gets 5),
+byte-level tokens of the default corpus; 130 trainings. With depths 4 and 6,
+11 of the 20 IsoFLOP profiles bracket their minimum (4 with depths 8 to 16):
 
   python experiments/sweep.py --config=experiments/configs/cpu_large.py \
       --workdir=runs/cpu_large [--dry_run]
@@ -16,7 +17,7 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.budgets = (4e10, 1.2e11, 3.6e11, 7.2e11, 1.44e12)
   c.granularities = (1, 2, 4, 8)
-  c.depths = (8, 10, 12, 14, 16)
+  c.depths = (4, 6, 8, 10, 12, 14, 16)
   c.ladder = ml_collections.ConfigDict(dict(
       vocab_size=256, seq_len=64, aspect_ratio=3.0, ff_ratio=8 / 3,
       head_dim=6))
