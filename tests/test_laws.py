@@ -318,7 +318,7 @@ def test_isoflop_minima_by_hand():
   assert vertex["lowest_params"] == 4e4  # |log(4/3)| < |log(2/3)|
   edge = got[(1, 1e12)]
   assert not edge["bracketed"] and edge["edge"] == "smallest"
-  assert np.isnan(edge["params"]) and edge["lowest_params"] == 1e4
+  assert edge["params"] is None and edge["lowest_params"] == 1e4
   # Three sizes: the parabola through them, by hand.
   x, y = np.log(n[3:]), np.array([2.5, 2.2, 2.4])
   a, b, _ = np.linalg.solve(np.vander(x, 3), y)

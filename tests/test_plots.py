@@ -37,7 +37,10 @@ def test_fit_and_draw_writes_every_figure_and_the_report(tmp_path):
     assert f"](figures/{name})" in text
   assert "## IsoFLOP minima: the data against the law" in text
   assert "## The paper's claims against this sweep" in text
-  saved = json.loads((tmp_path / "fits.json").read_text())
+  def strict(constant):  # NaN or Infinity: not JSON that every reader takes
+    raise AssertionError(f"fits.json holds {constant}")
+  saved = json.loads((tmp_path / "fits.json").read_text(),
+                     parse_constant=strict)
   assert saved["selected_form"] == report["selected_form"]
   minima = saved["analysis"]["isoflop_minima"]
   # 3 budgets x G in {1, 2, 4}, 4 sizes each; tiny_cpu's lowest losses all

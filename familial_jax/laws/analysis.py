@@ -339,7 +339,7 @@ def isoflop_minima(table, half_width: int = 2) -> list[dict]:
   loss at a smaller and at a larger N (the minimum lies between sampled
   sizes) and the parabola is convex with its vertex inside the fitted sizes;
   otherwise the minimum lies outside the sampled sizes (or the profile has
-  fewer than 3), and N_min is NaN.
+  fewer than 3), and N_min is None.
 
   Args:
     table: a loss table (per-exit rows are averaged into family losses)
@@ -348,11 +348,10 @@ def isoflop_minima(table, half_width: int = 2) -> list[dict]:
 
   Returns:
     One row per profile, by G then budget: {"budget", "granularity",
-    "points", "bracketed", "params" (N_min), "loss" (the parabola at N_min),
-    "lowest_params", "lowest_tokens" and "lowest_loss" (the lowest observed
-    point), "edge"
-    ("smallest" or "largest" when the lowest loss is at that end, else
-    None)}.
+    "points", "bracketed", "params" (N_min) and "loss" (the parabola there;
+    both None unless bracketed), "lowest_params", "lowest_tokens",
+    "lowest_loss" (the lowest observed point), "edge" ("smallest" or
+    "largest" when the lowest loss is at that end, else None)}.
   """
   if not isinstance(half_width, int) or half_width < 1:
     raise ValueError(f"half_width must be an integer >= 1, got {half_width!r}.")
@@ -370,8 +369,8 @@ def isoflop_minima(table, half_width: int = 2) -> list[dict]:
       tokens = fam["tokens"][m][order]
       i = int(np.argmin(y))
       row = {"budget": float(c), "granularity": int(g), "points": len(y),
-             "bracketed": False, "params": float("nan"),
-             "loss": float("nan"), "lowest_params": float(n[i]),
+             "bracketed": False, "params": None, "loss": None,
+             "lowest_params": float(n[i]),
              "lowest_loss": float(y[i]), "lowest_tokens": float(tokens[i]),
              "edge": ("smallest" if i == 0 else
                       "largest" if i == len(y) - 1 else None)}

@@ -135,8 +135,9 @@ def minima_against_law(result, table, ladder) -> dict:
   for row in minima:
     row["law_params"] = float(analysis.compute_optimal(
         result, row["budget"], row["granularity"], ladder)["params"][0])
-    row["tokens"] = float(row["budget"] / np.squeeze(
-        ladder.train_flops_per_token(row["params"], row["granularity"])))
+    row["tokens"] = None if not row["bracketed"] else float(
+        row["budget"] / np.squeeze(ladder.train_flops_per_token(
+            row["params"], row["granularity"])))
   exponents = {}
   for g in sorted({r["granularity"] for r in minima}):
     rows = [r for r in minima if r["granularity"] == g and r["bracketed"]]
