@@ -33,6 +33,7 @@ from familial_jax import isoflop
 from familial_jax import sharding
 from familial_jax import sweep as sweep_lib
 from familial_jax import train
+from familial_jax.config import config_flags_parser
 from familial_jax.model import FamilialLM
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -108,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_flags_parser("activation_memory"))

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from familial_jax import isoflop
 from familial_jax import sharding
 from familial_jax import sweep as sweep_lib
+from familial_jax.config import config_flags_parser
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep preset (experiments/configs/*.py).")
@@ -120,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_flags_parser("sweep"))

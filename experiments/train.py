@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from familial_jax import sharding
 from familial_jax import train
-from familial_jax.config import TrainConfig
+from familial_jax.config import TrainConfig, config_flags_parser
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and results.")
@@ -60,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_flags_parser("train"))

@@ -13,7 +13,8 @@ shape errors from deep inside JAX.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import sys
+from typing import Callable, Sequence
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "auto")
@@ -358,3 +359,28 @@ class TrainConfig:
     if granularity:
       model = model.with_uniform_exits(granularity)
     return cls(model=model, data=DataConfig(**d.pop("data", {})), **d)
+
+
+def config_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
+  """A flags parser for `absl.app.run(main, flags_parser=...)` in binaries
+  with an ml_collections `--config` file: an override `--config.FIELD=...`
+  naming a field the config does not have exits with one line naming it,
+  instead of ml_collections' stack trace from inside flag parsing."""
+
+  quotes = "'\""
+
+  def parse(argv: list[str]) -> list[str]:
+    from absl import app  # pylint: disable=g-import-not-at-top
+    try:
+      return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+      message = e
+      while isinstance(message, BaseException) and message.args:
+        message = message.args[0]  # AttributeError(KeyError("'x'\nhint"))
+      field, *hint = str(message).splitlines()  # the name in quotes
+      sys.exit(f"{prog}: error: the config file has no field "
+               f"{field.strip(quotes)!r}. " + " ".join(hint) +
+               (" " if hint else "") + "A --config.FIELD=VALUE override must "
+               "name a field the config file sets.")
+
+  return parse

@@ -161,6 +161,32 @@ def sweep_from_dict(d: dict) -> SweepConfig:
       k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+def preset(n_boot: int = 100, **fields):
+  """A sweep preset as an ml_collections ConfigDict: every SweepConfig field
+  at its default, updated with `fields` (`ladder` and `data` as dicts of the
+  fields they change), plus `n_boot` (bootstrap replicates of the fit). A
+  preset built this way takes `--config.FIELD=...` for any field.
+
+  Raises:
+    ValueError: a field SweepConfig does not have.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  d = dataclasses.asdict(SweepConfig())
+  for name, value in fields.items():
+    if name not in d:
+      raise ValueError(f"unknown sweep config field {name!r}; known: "
+                       f"{sorted(d)}.")
+    if name in ("ladder", "data"):
+      unknown = sorted(set(value) - set(d[name]))
+      if unknown:
+        raise ValueError(f"unknown {name} field(s) {unknown}; known: "
+                         f"{sorted(d[name])}.")
+      d[name] = dict(d[name], **value)
+    else:
+      d[name] = value
+  return ml_collections.ConfigDict(dict(d, n_boot=n_boot))
+
+
 def point_id(budget: float, granularity: int, depth: int) -> str:
   return f"C{budget:.3g}-G{granularity}-L{depth}"
 

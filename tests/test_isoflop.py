@@ -181,3 +181,23 @@ def test_results_csv_is_the_fit_schema(tmp_path):
   np.testing.assert_allclose(table["exit_params"], [500, 1000, 500, 1000])
   fam = table_lib.family_table(table)
   assert len(fam["loss"]) == 1  # same N, D, G, budget: one model's exits
+
+
+def test_preset_starts_from_every_field_and_rejects_unknown_ones():
+  """isoflop.preset: SweepConfig's defaults, the preset's changes (ladder and
+  data merged field by field), n_boot beside them; what sweep_from_dict
+  builds from it is the SweepConfig written out directly."""
+  c = isoflop.preset(n_boot=7, budgets=(1e10, 3e10), depths=(2, 3),
+                     ladder=dict(seq_len=64), data=dict(val_fraction=0.1))
+  d = c.to_dict()
+  assert d.pop("n_boot") == 7
+  want = isoflop.SweepConfig(
+      budgets=(1e10, 3e10), depths=(2, 3),
+      ladder=flops.ShapeLadder(seq_len=64),
+      data=dataclasses.replace(isoflop.SweepConfig().data, val_fraction=0.1))
+  assert isoflop.sweep_from_dict(d) == want
+  assert set(d) == {f.name for f in dataclasses.fields(isoflop.SweepConfig)}
+  with pytest.raises(ValueError, match="unknown sweep config field 'budget'"):
+    isoflop.preset(budget=(1e10,))
+  with pytest.raises(ValueError, match=r"unknown ladder field\(s\) \['seq'\]"):
+    isoflop.preset(ladder=dict(seq=64))

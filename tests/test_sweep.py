@@ -192,3 +192,26 @@ def test_dry_run_shows_the_plan_and_each_shards_shapes(tmp_path):
   rows = out[out.index("shard "):].splitlines()[1:3]
   # 4 shapes (G 1, 2 x 2, 3 layers), 2 budgets each: 2 whole shapes a shard.
   assert [r.split()[:3] for r in rows] == [["0", "2", "4"], ["1", "2", "4"]]
+
+
+def test_config_overrides_any_field_and_name_a_missing_one(tmp_path):
+  """The presets start from every SweepConfig field, so --config.FIELD
+  overrides any of them (here a filter gpu_h100 does not set); a field no
+  config has is a one-line error, not ml_collections' stack trace."""
+  preset = os.path.join(REPO, "experiments", "configs", "gpu_h100.py")
+  base = _sweep(preset, tmp_path / "w", "--dry_run").communicate(timeout=300)[0]
+  proc = _sweep(preset, tmp_path / "w", "--dry_run",
+                "--config.min_tokens_per_param=1.0")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert "D/N = 0.393 outside [1.0, inf]" in out
+  count = lambda text: int(text.split(" points, estimated")[0].split()[-1])
+  assert count(out) < count(base)
+  for bad in ("--config.min_token_per_param=1", "--config.ladder.seq=64"):
+    proc = _sweep(preset, tmp_path / "w", "--dry_run", bad)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert out.strip().splitlines()[-1].startswith(
+        f"sweep: error: the config file has no field "
+        f"{bad.split('=')[0].split('.')[-1]!r}")
+  assert not (tmp_path / "w").exists()

@@ -10,26 +10,25 @@ byte-level tokens of the default corpus; 130 trainings. With depths 4 and 6,
       --workdir=runs/cpu_large [--dry_run]
 """
 
-import ml_collections
+from familial_jax import isoflop
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.budgets = (4e10, 1.2e11, 3.6e11, 7.2e11, 1.44e12)
-  c.granularities = (1, 2, 4, 8)
-  c.depths = (4, 6, 8, 10, 12, 14, 16)
-  c.ladder = ml_collections.ConfigDict(dict(
-      vocab_size=256, seq_len=64, aspect_ratio=3.0, ff_ratio=8 / 3,
-      head_dim=6))
-  c.data = ml_collections.ConfigDict(dict(source="default", val_fraction=0.02))
-  c.batch_size = 8
-  c.learning_rate = 3e-3
-  c.warmup_fraction = 0.05
-  c.seed = 0
-  c.mesh_shape = (1, 1, 1)
-  c.min_steps = 10
-  c.max_epochs = 4.0
-  c.eval_windows = 128
-  c.flops_per_second = 1.5e10
-  c.n_boot = 200
-  return c
+  return isoflop.preset(
+      budgets=(4e10, 1.2e11, 3.6e11, 7.2e11, 1.44e12),
+      granularities=(1, 2, 4, 8),
+      depths=(4, 6, 8, 10, 12, 14, 16),
+      ladder=dict(
+          vocab_size=256, seq_len=64, aspect_ratio=3.0, ff_ratio=8 / 3,
+          head_dim=6),
+      data=dict(source="default", val_fraction=0.02),
+      batch_size=8,
+      learning_rate=3e-3,
+      warmup_fraction=0.05,
+      seed=0,
+      mesh_shape=(1, 1, 1),
+      min_steps=10,
+      max_epochs=4.0,
+      eval_windows=128,
+      flops_per_second=1.5e10,
+      n_boot=200)

@@ -8,26 +8,25 @@ selection) and every figure:
       --workdir=runs/tiny_cpu
 """
 
-import ml_collections
+from familial_jax import isoflop
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.budgets = (1.5e10, 4.5e10, 1.35e11)
-  c.granularities = (1, 2, 4)
-  c.depths = (4, 5, 6, 7)
-  c.ladder = ml_collections.ConfigDict(dict(
-      vocab_size=256, seq_len=64, aspect_ratio=8.0, ff_ratio=8 / 3,
-      head_dim=8))
-  c.data = ml_collections.ConfigDict(dict(source="default", val_fraction=0.02))
-  c.batch_size = 8
-  c.learning_rate = 3e-3
-  c.warmup_fraction = 0.05
-  c.seed = 0
-  c.mesh_shape = (1, 1, 1)
-  c.min_steps = 10
-  c.max_epochs = 4.0
-  c.eval_windows = 128
-  c.flops_per_second = 1.5e10
-  c.n_boot = 100
-  return c
+  return isoflop.preset(
+      budgets=(1.5e10, 4.5e10, 1.35e11),
+      granularities=(1, 2, 4),
+      depths=(4, 5, 6, 7),
+      ladder=dict(
+          vocab_size=256, seq_len=64, aspect_ratio=8.0, ff_ratio=8 / 3,
+          head_dim=8),
+      data=dict(source="default", val_fraction=0.02),
+      batch_size=8,
+      learning_rate=3e-3,
+      warmup_fraction=0.05,
+      seed=0,
+      mesh_shape=(1, 1, 1),
+      min_steps=10,
+      max_epochs=4.0,
+      eval_windows=128,
+      flops_per_second=1.5e10,
+      n_boot=100)

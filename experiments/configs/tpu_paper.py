@@ -8,29 +8,28 @@ the points with --shard_index/--num_shards or share each point's mesh.
 Data: a prepared TFDS text dataset (ArrayRecord) via --config.data.*.
 """
 
-import ml_collections
+from familial_jax import isoflop
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.budgets = (1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21)
-  c.granularities = (1, 2, 4, 8)
-  c.depths = (12, 16, 20, 24, 28, 32, 40, 48)
-  c.ladder = ml_collections.ConfigDict(dict(
-      vocab_size=256, seq_len=2048, aspect_ratio=64.0, ff_ratio=8 / 3,
-      head_dim=128))
-  c.data = ml_collections.ConfigDict(dict(
-      source="tfds", tfds_name="c4/en:3.1.0", tfds_split="train",
-      tfds_data_dir="gs://your-bucket/tensorflow_datasets", text_key="text",
-      val_fraction=0.001))
-  c.batch_size = 512
-  c.learning_rate = 1e-3
-  c.warmup_fraction = 0.02
-  c.seed = 0
-  c.mesh_shape = (1, -1, 1)
-  c.min_steps = 100
-  c.max_epochs = 1.0
-  c.eval_windows = 1024
-  c.flops_per_second = 4e16
-  c.n_boot = 200
-  return c
+  return isoflop.preset(
+      budgets=(1e18, 3e18, 1e19, 3e19, 1e20, 3e20, 1e21),
+      granularities=(1, 2, 4, 8),
+      depths=(12, 16, 20, 24, 28, 32, 40, 48),
+      ladder=dict(
+          vocab_size=256, seq_len=2048, aspect_ratio=64.0, ff_ratio=8 / 3,
+          head_dim=128),
+      data=dict(
+          source="tfds", tfds_name="c4/en:3.1.0", tfds_split="train",
+          tfds_data_dir="gs://your-bucket/tensorflow_datasets", text_key="text",
+          val_fraction=0.001),
+      batch_size=512,
+      learning_rate=1e-3,
+      warmup_fraction=0.02,
+      seed=0,
+      mesh_shape=(1, -1, 1),
+      min_steps=100,
+      max_epochs=1.0,
+      eval_windows=1024,
+      flops_per_second=4e16,
+      n_boot=200)
