@@ -111,7 +111,8 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
       "sweep": dataclasses.asdict(sweep)}, indent=1))
   train.enable_compilation_cache(workdir)
   store = ResultsStore(workdir)
-  todo = [p for p in mine if store.read(p.id) is None]
+  recorded = _recorded(store, points)
+  todo = [p for p in mine if p.id not in recorded]
   log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
       f"{len(mine) - len(todo)} already done, {len(todo)} to run")
   start, ran = time.time(), 0
@@ -148,7 +149,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
             f"({record['wall_seconds']:.1f} s: {phases})")
       eta = (time.time() - start) / ran * (len(todo) - ran)
       log(f"{ran}/{len(todo)} of this shard done, ETA {eta:.0f}s")
-  done = [p.id for p in points if store.read(p.id) is not None]
+  done = sorted(_recorded(store, points))
   out = {"planned": len(points), "ran": ran,
          "skipped": len(mine) - len(todo), "complete": len(done) == len(points)}
   store.write_csv(point_ids=done)
@@ -159,6 +160,30 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   if fit:
     out["report"] = fit_and_draw(sweep, workdir, n_boot=n_boot, log=log)
   return out
+
+
+def _recorded(store: ResultsStore, points) -> set[str]:
+  """Ids of the planned points that have a record, each checked to be of
+  that point: a record left by another plan under the same id (a changed
+  ladder or budget keeps ids such as C1e+14-G1-L10) must not stand in for
+  the planned model.
+
+  Raises:
+    ValueError: a record's N, D or G differs from its planned point's.
+  """
+  done = set()
+  for p in points:
+    r = store.read(p.id)
+    if r is None:
+      continue
+    got, want = (r["N"], r["D"], r["G"]), (p.params, p.tokens, p.granularity)
+    if got != want:
+      raise ValueError(
+          f"{store.path(p.id)} is from another plan: it holds (N, D, G) = "
+          f"{got}, the plan has {want} for {p.id}. Run this sweep in another "
+          "workdir, or move that sweep's results/ away.")
+    done.add(p.id)
+  return done
 
 
 def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
