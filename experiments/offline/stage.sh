@@ -16,8 +16,8 @@
 #   sweep_throughput  benchmarks/sweep_throughput.py -> sweep_throughput_$TAG.json
 #   sweep             experiments/sweep.py on $SWEEP_CONFIG (default the
 #                     gpu_h100 preset) with $SHARDS local shard processes
-#                     (default 4: the largest gpu_h100 model does not fit in
-#                     an eighth of an 80 GB GPU) in runs/<config name>, then
+#                     (default 4: the largest gpu_h100 model keeps 7.3 GB,
+#                     near the 9.6 GB an eighth gets) in runs/<config name>, then
 #                     -> <config name>.tgz: records, plan, CSV, and once the
 #                     plan is complete the fits, figures and report; never
 #                     checkpoints or the compilation cache (the workdir keeps
