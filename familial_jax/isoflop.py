@@ -147,18 +147,30 @@ class SweepPoint:
     return float(self.tokens) * self.flops_per_token
 
 
-def sweep_from_dict(d: dict) -> SweepConfig:
-  """SweepConfig from a plain dict (an ml_collections ConfigDict's to_dict)."""
-  d = dict(d)
-  ladder = flops.ShapeLadder(**d.pop("ladder", {}))
-  data = DataConfig(**d.pop("data", {}))
-  known = {f.name for f in dataclasses.fields(SweepConfig)}
-  unknown = sorted(set(d) - known)
+def _check_names(what: str, given, cls) -> None:
+  """Raises ValueError naming the fields of `given` that `cls` lacks."""
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(given) - known)
   if unknown:
-    raise ValueError(f"unknown sweep config field(s) {unknown}; known: "
+    raise ValueError(f"unknown {what} field(s) {unknown}; known: "
                      f"{sorted(known)}.")
-  return SweepConfig(ladder=ladder, data=data, **{
-      k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def sweep_from_dict(d: dict) -> SweepConfig:
+  """SweepConfig from a plain dict (an ml_collections ConfigDict's to_dict).
+
+  Raises:
+    ValueError: a field SweepConfig, its ladder or its data do not have, or
+      a value they refuse.
+  """
+  d = dict(d)
+  ladder, data = d.pop("ladder", {}), d.pop("data", {})
+  _check_names("sweep config", d, SweepConfig)
+  _check_names("ladder", ladder, flops.ShapeLadder)
+  _check_names("data", data, DataConfig)
+  return SweepConfig(
+      ladder=flops.ShapeLadder(**ladder), data=DataConfig(**data),
+      **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def preset(n_boot: int = 100, **fields):
@@ -168,22 +180,14 @@ def preset(n_boot: int = 100, **fields):
   preset built this way takes `--config.FIELD=...` for any field.
 
   Raises:
-    ValueError: a field SweepConfig does not have.
+    ValueError: what `sweep_from_dict` refuses.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   d = dataclasses.asdict(SweepConfig())
-  for name, value in fields.items():
-    if name not in d:
-      raise ValueError(f"unknown sweep config field {name!r}; known: "
-                       f"{sorted(d)}.")
-    if name in ("ladder", "data"):
-      unknown = sorted(set(value) - set(d[name]))
-      if unknown:
-        raise ValueError(f"unknown {name} field(s) {unknown}; known: "
-                         f"{sorted(d[name])}.")
-      d[name] = dict(d[name], **value)
-    else:
-      d[name] = value
+  ladder, data = fields.pop("ladder", {}), fields.pop("data", {})
+  d.update(fields, ladder=dict(d["ladder"], **ladder),
+           data=dict(d["data"], **data))
+  sweep_from_dict(d)
   return ml_collections.ConfigDict(dict(d, n_boot=n_boot))
 
 
@@ -358,4 +362,3 @@ def format_shards(sweep: SweepConfig, points: Sequence[SweepPoint],
     lines.append(f"{i:<7}{len(shapes):>7}{len(mine):>7}{est:>9.1f}  " +
                  " ".join(f"({g},{l})" for g, l in shapes))
   return "\n".join(lines)
-

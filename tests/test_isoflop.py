@@ -197,7 +197,11 @@ def test_preset_starts_from_every_field_and_rejects_unknown_ones():
       data=dataclasses.replace(isoflop.SweepConfig().data, val_fraction=0.1))
   assert isoflop.sweep_from_dict(d) == want
   assert set(d) == {f.name for f in dataclasses.fields(isoflop.SweepConfig)}
-  with pytest.raises(ValueError, match="unknown sweep config field 'budget'"):
+  with pytest.raises(ValueError,
+                     match=r"unknown sweep config field\(s\) \['budget'\]"):
     isoflop.preset(budget=(1e10,))
   with pytest.raises(ValueError, match=r"unknown ladder field\(s\) \['seq'\]"):
     isoflop.preset(ladder=dict(seq=64))
+  # The same check where any preset (a plain ConfigDict too) is read.
+  with pytest.raises(ValueError, match=r"unknown data field\(s\) \['src'\]"):
+    isoflop.sweep_from_dict({"data": {"src": "default"}})
