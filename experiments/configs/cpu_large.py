@@ -18,17 +18,11 @@ def get_config():
       budgets=(4e10, 1.2e11, 3.6e11, 7.2e11, 1.44e12),
       granularities=(1, 2, 4, 8),
       depths=(4, 6, 8, 10, 12, 14, 16),
-      ladder=dict(
-          vocab_size=256, seq_len=64, aspect_ratio=3.0, ff_ratio=8 / 3,
-          head_dim=6),
-      data=dict(source="default", val_fraction=0.02),
+      ladder=dict(seq_len=64, aspect_ratio=3.0, head_dim=6),
       batch_size=8,
       learning_rate=3e-3,
-      warmup_fraction=0.05,
-      seed=0,
       mesh_shape=(1, 1, 1),
       min_steps=10,
-      max_epochs=4.0,
       eval_windows=128,
       flops_per_second=1.5e10,
       n_boot=200)

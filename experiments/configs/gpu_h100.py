@@ -29,21 +29,13 @@ def get_config():
       budgets=(1e14, 3e14, 1e15, 3e15),
       granularities=(1, 2, 4, 8),
       depths=(4, 6, 8, 10, 12, 14, 16, 18, 20),
-      ladder=dict(
-          vocab_size=256, seq_len=512, aspect_ratio=16.0, ff_ratio=8 / 3,
-          head_dim=32),
-      data=dict(source="default", val_fraction=0.02),
+      ladder=dict(seq_len=512, aspect_ratio=16.0, head_dim=32),
       batch_size=32,
       learning_rate=2e-3,
-      warmup_fraction=0.05,
-      seed=0,
-      mesh_shape=(-1, 1, 1),
-      min_steps=20,
       min_tokens_per_param=0.25,
       max_epochs=6.0,
       eval_windows=512,
       flops_per_second=2e14,
       n_boot=200,
       compute_dtype="bfloat16",
-      attention="cudnn",
-      group_size=1)
+      attention="cudnn")

@@ -16,17 +16,11 @@ def get_config():
       budgets=(1.5e10, 4.5e10, 1.35e11),
       granularities=(1, 2, 4),
       depths=(4, 5, 6, 7),
-      ladder=dict(
-          vocab_size=256, seq_len=64, aspect_ratio=8.0, ff_ratio=8 / 3,
-          head_dim=8),
-      data=dict(source="default", val_fraction=0.02),
+      ladder=dict(seq_len=64, aspect_ratio=8.0, head_dim=8),
       batch_size=8,
       learning_rate=3e-3,
-      warmup_fraction=0.05,
-      seed=0,
       mesh_shape=(1, 1, 1),
       min_steps=10,
-      max_epochs=4.0,
       eval_windows=128,
       flops_per_second=1.5e10,
       n_boot=100)
