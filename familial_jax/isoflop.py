@@ -188,6 +188,10 @@ def preset(n_boot: int = 100, **fields):
   d.update(fields, ladder=dict(d["ladder"], **ladder),
            data=dict(d["data"], **data))
   sweep_from_dict(d)
+  # A None default (the data's path, TFDS name and directory) is an unset
+  # string: typed, so that --config.data.path=... can set it.
+  d["data"] = {k: ml_collections.FieldReference(None, field_type=str)
+               if v is None else v for k, v in d["data"].items()}
   return ml_collections.ConfigDict(dict(d, n_boot=n_boot))
 
 

@@ -205,6 +205,13 @@ def test_config_overrides_any_field_and_name_a_missing_one(tmp_path):
   assert proc.returncode == 0, out[-3000:]
   assert "34 points" in out  # of 36
   assert "dropped C1.35e+11-G1-L4: D/N = 6.7 outside [0.0, 5.0]" in out
+  # Fields whose default is None (the data's path) take a string too.
+  proc = _sweep(preset, tmp_path / "w", "--dry_run",
+                f"--config.data.path={DOCS}/process",
+                "--config.data.val_fraction=0.1")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0 and "36 points" in out, out[-3000:]
+  assert "corpus not readable" not in out
   for bad in ("--config.min_token_per_param=1", "--config.ladder.seq=64"):
     proc = _sweep(preset, tmp_path / "w", "--dry_run", bad)
     out = proc.communicate(timeout=300)[0]
