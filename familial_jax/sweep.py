@@ -164,9 +164,9 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
 
 def _recorded(store: ResultsStore, points) -> set[str]:
   """Ids of the planned points that have a record, each checked to be of
-  that point: a record left by another plan under the same id (a changed
-  ladder or budget keeps ids such as C1e+14-G1-L10) must not stand in for
-  the planned model.
+  that point: a record left by another plan under the same id (ids name
+  budget, G and depth, so a changed ladder, batch or sequence length keeps
+  them) must not stand in for the planned model.
 
   Raises:
     ValueError: a record's N, D or G differs from its planned point's.

@@ -6,9 +6,9 @@ r"""One H100: budgets 1e14 to 3e15 FLOPs, G in {1, 2, 4, 8}, depths 4..20.
 d_model = 16 x depth (N = 0.2M to 24.6M), head_dim 32, sequence 512, batch
 32; bf16 compute with float32 master weights and cuDNN attention. The ladder
 is centred on the compute-optimal sizes: with the cpu_large fit extrapolated,
-N* is about 0.84M at 1e14 and 6.1M at 3e15, and every budget has sizes 2x or
-more below it and 4x or more above it (G = 8 from 1e15 on: its smallest model
-has depth 8), so the IsoFLOP profiles should bracket their minima (cpu_large,
+N* is about 0.84M at 1e14 and 6.1M at 3e15, and every budget has sizes 2.0x
+to 8.5x below it and 3.9x to 7.9x above it (G = 8 from 1e15 on: its smallest
+model has depth 8), so the IsoFLOP profiles should bracket their minima (cpu_large,
 whose sizes began near or above N*, showed the cost of not doing so).
 Points with fewer than 0.25 tokens per parameter (far past the optimum: a
 few dozen steps) or more than 6 passes over the corpus (25 MB of text; 6
@@ -16,9 +16,9 @@ rather than 4 lets the top budget train models below its N*) are dropped;
 the plan says which.
 
 The preset before 2026-11-24 (d_model = 32 x depth, depths 4..16, head_dim
-64, at most 4 epochs; 91 points, N to 50M) put N* at or below its smallest
-size at 13 of its 16 (budget, G) profiles; its two recorded points
-(experiments/results/gpu_h100/records) are of that ladder.
+64, at most 4 epochs; 91 points, N to 50M) had its smallest size within 1.25x
+below N*, or above it, at 13 of its 16 (budget, G) profiles; its two recorded
+points (experiments/results/gpu_h100/previous_ladder/) are of that ladder.
 """
 
 from familial_jax import isoflop

@@ -165,7 +165,6 @@ def _huber_jvp(delta, primals, tangents):
 
 BACKENDS = ("jaxopt", "optax")
 _PAD = 64
-_FAST_COMPILE = forms_lib.FAST_COMPILE
 
 
 @functools.lru_cache(maxsize=None)
@@ -181,7 +180,7 @@ def _objective(form_name: str, delta: float):
 @functools.lru_cache(maxsize=None)
 def _evaluate(form_name: str, delta: float):
   return jax.jit(jax.vmap(_objective(form_name, delta), (0, None, None, None)),
-                 compiler_options=_FAST_COMPILE)
+                 compiler_options=forms_lib.FAST_COMPILE)
 
 
 def _centre(x, w):
@@ -251,7 +250,7 @@ def solver(form_name: str, delta: float, backend: str, maxiter: int,
   else:
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}.")
 
-  @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+  @functools.partial(jax.jit, compiler_options=forms_lib.FAST_COMPILE)
   def solve(theta0, x, y, w):
     shift = _centre(x, w)
     theta = _uncentre(minimise(_uncentre(theta0, -shift), x - shift, y, w),
