@@ -20,7 +20,6 @@ def get_config():
       depths=(4, 6, 8, 10, 12, 14, 16),
       ladder=dict(seq_len=64, aspect_ratio=3.0, head_dim=6),
       batch_size=8,
-      learning_rate=3e-3,
       mesh_shape=(1, 1, 1),
       min_steps=10,
       eval_windows=128,

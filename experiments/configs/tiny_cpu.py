@@ -18,7 +18,6 @@ def get_config():
       depths=(4, 5, 6, 7),
       ladder=dict(seq_len=64, aspect_ratio=8.0, head_dim=8),
       batch_size=8,
-      learning_rate=3e-3,
       mesh_shape=(1, 1, 1),
       min_steps=10,
       eval_windows=128,
