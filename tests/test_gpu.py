@@ -3,6 +3,9 @@
 Skipped where no GPU is present (conftest.py)."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -70,3 +73,31 @@ def test_group_step_with_cudnn_matches_single_steps():
   np.testing.assert_allclose(gm["exit_losses"][0], outs[0][1]["exit_losses"],
                              rtol=2e-2)
   assert int(gstate.step[1]) == 3  # member 1 stopped at its own length
+
+
+_FIT = """
+import json, sys
+from familial_jax import laws
+table = laws.table.load_csv(sys.argv[1])
+fit = laws.fit(table, "multiplicative")
+boot = laws.bootstrap(table, fit, n_boot=20)
+print(json.dumps([float(v).hex() for v in [*fit.raw, *(
+    x for k in sorted(boot.intervals) for x in boot.intervals[k])]]))
+"""
+
+
+def test_law_fit_in_a_gpu_process_equals_a_cpu_only_process():
+  """The sweep fits in a process whose default device is the GPU; the law
+  programs run on the host CPU (`forms.on_host_float64`), so the committed
+  fits reproduce bit for bit on a machine without one (fit and bootstrap
+  intervals of the committed tiny_cpu results)."""
+  csv = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "experiments", "results", "tiny_cpu",
+                     "results.csv")
+  outs = []
+  for platforms in ("", "cpu"):  # this machine's default (the GPU), CPU only
+    env = dict(os.environ, JAX_PLATFORMS=platforms)
+    outs.append(subprocess.run([sys.executable, "-c", _FIT, csv], env=env,
+                               capture_output=True, text=True, check=True
+                               ).stdout.strip().splitlines()[-1])
+  assert outs[0] == outs[1]

@@ -213,6 +213,33 @@ def test_fit_leaves_global_x64_alone_and_reuses_compiled_solver():
   assert shapes() - before <= {64, 128} and shapes() >= {64, 128}
 
 
+def test_law_programs_run_in_float64_on_the_host_cpu_whatever_the_default():
+  """A sweep fits its laws in whichever process ends it, on a GPU node or a
+  TPU host: the programs run on the host CPU (conftest gives 8 CPU devices;
+  a process whose default is the 6th stands in for an accelerator's). A GPU
+  run compares with a CPU-only process in tests/test_gpu.py."""
+  import jax
+  host, other = jax.local_devices(backend="cpu")[0], jax.devices()[5]
+  small = {k: v[:40] for k, v in synthetic_table(seed=4).items()}
+  want = laws.fit(small, "chinchilla", refine_top=2)
+  previous = jax.config.jax_default_device
+  jax.config.update("jax_default_device", other)  # every thread's default
+  try:
+    with laws.forms.on_host_float64():
+      inside = jnp.zeros(1)
+    outside = jnp.zeros(1)
+    # maxiter 997: a solve no other test compiles, so it is compiled here.
+    got = laws.fit(small, "chinchilla", refine_top=2, maxiter=997)
+    solve = fitting._COMPILED[("chinchilla", 1e-3, "jaxopt", 997, 1e-10, 5,
+                               64)].result()  # 5 parameters, 40 -> 64 points
+  finally:
+    jax.config.update("jax_default_device", previous)
+  assert inside.devices() == {host} and inside.dtype == jnp.float64
+  assert outside.devices() == {other} and outside.dtype == jnp.float32
+  assert {d for s in solve.input_shardings[0] for d in s.device_set} == {host}
+  np.testing.assert_allclose(got.raw, want.raw, rtol=1e-6)
+
+
 def test_fits_from_several_threads_equal_one_fit():
   """The fit's thread pool and compile cache are safe to share: fits called
   from four threads at once give the single-threaded result."""

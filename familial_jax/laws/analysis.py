@@ -129,7 +129,7 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
   # L-BFGS stopped, not where the optima are).
   solve = fit_lib.solver(form.name, result.huber_delta, backend, maxiter, tol)
   batched = jax.vmap(solve, in_axes=(None, None, None, 0))
-  with jax.enable_x64(True):
+  with forms_lib.on_host_float64():
     xp, yp, wp = fit_lib.pad_points(x, y, weights.astype(np.float64))
     thetas, values, grads = batched(np.asarray(result.raw), xp, yp, wp)
     thetas, values = np.asarray(thetas), np.asarray(values)

@@ -34,8 +34,10 @@ iteration on CPU). Points are padded to a multiple of 64 with zero weight, so
 tables of similar size, bootstrap replicates and leave-one-out masks reuse the
 compiled solver.
 
-All JAX work runs inside `jax.enable_x64(True)`; the caller's global x64
-setting is left untouched and results come back as numpy float64.
+All JAX work runs inside `forms.on_host_float64()`: float64 on the host CPU
+whatever the default device (a GPU node or TPU host fits as a laptop does);
+the caller's x64 and default-device settings are left untouched and results
+come back as numpy float64.
 """
 
 from __future__ import annotations
@@ -288,7 +290,7 @@ def _compiled_solver(key: tuple, n_params: int, n_points: int):
 
   def compile_():
     spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float64)
-    with jax.enable_x64(True):
+    with forms_lib.on_host_float64():
       return solver(*key).lower(spec(n_params), spec(n_points, 3),
                                 spec(n_points), spec(n_points)).compile()
 
@@ -300,7 +302,7 @@ def _compiled_solver(key: tuple, n_params: int, n_points: int):
 
 
 def _solve_from(solve, theta0, x, y, w):
-  with jax.enable_x64(True):
+  with forms_lib.on_host_float64():
     theta, value, grad = solve(theta0, x, y, w)
     return np.asarray(theta), float(value), float(grad)
 
@@ -356,7 +358,7 @@ def minimise(form, x, y, weights, starts, *, huber_delta=1e-3,
   starts = np.asarray(starts, np.float64)
   compiled = _compiled_solver((form.name, delta, backend, int(maxiter),
                                float(tol)), starts.shape[1], len(yp))
-  with jax.enable_x64(True):
+  with forms_lib.on_host_float64():
     xj, yj = jnp.asarray(xp), jnp.asarray(yp)
     out_theta, out_value, out_grad = [], [], []
     for w in wp:
@@ -433,6 +435,6 @@ def fit(table, form="multiplicative", huber_delta: float = 1e-3, *,
 def predict_log(form, theta, x) -> np.ndarray:
   """log L_hat for raw parameters `theta` and log inputs `x` (float64)."""
   form = forms_lib.get_form(form)
-  with jax.enable_x64(True):
+  with forms_lib.on_host_float64():
     return np.asarray(forms_lib.compiled(form.log_loss)(
         jnp.asarray(theta, jnp.float64), jnp.asarray(x, jnp.float64)))

@@ -19,10 +19,15 @@ Forms (the names used everywhere, in the fitter, the binaries and the JSON):
     the per-exit branch law: the loss of exit g (1-based) from its own
     sub-model size N_g, the tokens D and the number g of exits up to and
     including it; gamma > 0 means upstream exits cost the deeper ones.
+
+Where the law programs run: every JAX computation of `familial_jax.laws`
+runs inside `on_host_float64()`, in float64 on this host's CPU whatever the
+process' default device (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable
@@ -41,6 +46,32 @@ _LOG_SCALED = ("e", "a", "b")
 FAST_COMPILE = {"xla_backend_optimization_level": 0,
                 "xla_cpu_use_fusion_emitters": False,
                 "xla_llvm_disable_expensive_passes": True}
+
+
+@functools.lru_cache(maxsize=1)
+def _host_cpu():
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS leaves the CPU out: the default device
+    return None
+
+
+@contextlib.contextmanager
+def on_host_float64():
+  """Float64 on this host's CPU: where every law program runs.
+
+  The sweep fits its laws in the process that finishes the last point, on a
+  GPU node or a TPU host, and users refit the committed records on laptops.
+  The programs are tiny (hundreds of points, six parameters), so an
+  accelerator would only add launches and transfers; TPUs have no native
+  float64; and float64 exp and log differ between XLA's backends in the last
+  bits, which L-BFGS and the bootstrap percentiles can carry into printed
+  digits. On the CPU a fit gives the same numbers everywhere. The caller's x64
+  and default-device settings are restored on exit (both are thread-local
+  contexts, so each thread of the fit's pool enters its own).
+  """
+  with jax.enable_x64(True), jax.default_device(_host_cpu()):
+    yield
 
 
 def _shifted_exps(u, v, w):
@@ -136,7 +167,7 @@ class Form:
     x = np.stack(np.broadcast_arrays(np.log(np.asarray(n, np.float64)),
                                      np.log(np.asarray(d, np.float64)),
                                      np.log(np.asarray(g, np.float64))), -1)
-    with jax.enable_x64(True):
+    with on_host_float64():
       return np.exp(np.asarray(compiled(self.log_loss)(
           jnp.asarray(self.from_natural(params)), jnp.asarray(x))))
 
