@@ -10,7 +10,11 @@
 - a shard runs its points shape by shape (`isoflop.groups`), so each
   shape's programs are built and traced once per process;
 - every record is written atomically; whichever shard finds the plan complete
-  writes the aggregate CSV, the fits, the figures and report.md.
+  writes the aggregate CSV, the fits, the figures and report.md;
+- on a multi-host run (a TPU pod: every host trains every point of its
+  shard together) the hosts agree on which points remain and on when to stop
+  (process 0's view of the records, `train.Preemption.agreed`), and only
+  process 0 writes the plan, the records and the fits.
 Compiled programs go to a persistent cache (`train.enable_compilation_cache`:
 the user's JAX_COMPILATION_CACHE_DIR, else workdir/jax_cache), so reruns and
 other processes load them instead of compiling.
@@ -25,6 +29,7 @@ import time
 from typing import Callable
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from familial_jax import faults
@@ -106,12 +111,14 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
       raise ValueError(f"no planned point has id {only!r}; ids: "
                        f"{[p.id for p in points]}")
   os.makedirs(workdir, exist_ok=True)
-  atomic_write(os.path.join(workdir, "plan.json"), json.dumps({
-      "points": [p.id for p in points], "dropped": dropped,
-      "sweep": dataclasses.asdict(sweep)}, indent=1))
+  primary = jax.process_index() == 0
+  if primary:
+    atomic_write(os.path.join(workdir, "plan.json"), json.dumps({
+        "points": [p.id for p in points], "dropped": dropped,
+        "sweep": dataclasses.asdict(sweep)}, indent=1))
   train.enable_compilation_cache(workdir)
   store = ResultsStore(workdir)
-  recorded = _recorded(store, points)
+  recorded = _agreed(_recorded(store, points), points)
   todo = [p for p in mine if p.id not in recorded]
   log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
       f"{len(mine) - len(todo)} already done, {len(todo)} to run")
@@ -123,7 +130,7 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   with train.Preemption() as preemption:
     for group in isoflop.groups(todo, sweep.group_size):
       ids = "+".join(p.id for p in group)
-      if preemption.requested:
+      if preemption.agreed():
         log(f"SIGTERM: stopping before {ids}; rerun the same command to "
             "resume")
         return dict(stopped, ran=ran)
@@ -141,7 +148,8 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
       for p, record in zip(group, records):
         record.update(point_id=p.id, budget=p.budget, depth=p.depth,
                       planned_compute=p.compute)
-        store.write(record)
+        if primary:
+          store.write(record)
         ran += 1
         phases = ", ".join(f"{k} {v:.1f}"
                            for k, v in record["timing"].items())
@@ -149,17 +157,31 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
             f"({record['wall_seconds']:.1f} s: {phases})")
       eta = (time.time() - start) / ran * (len(todo) - ran)
       log(f"{ran}/{len(todo)} of this shard done, ETA {eta:.0f}s")
-  done = sorted(_recorded(store, points))
+  done = sorted(_agreed(_recorded(store, points), points))
   out = {"planned": len(points), "ran": ran,
          "skipped": len(mine) - len(todo), "complete": len(done) == len(points)}
-  store.write_csv(point_ids=done)
+  if primary:
+    store.write_csv(point_ids=done)
   if not out["complete"]:
     log(f"{len(done)}/{len(points)} points done; fit and figures wait for "
         "the rest")
-    return out
-  if fit:
+  elif fit and primary:
     out["report"] = fit_and_draw(sweep, workdir, n_boot=n_boot, log=log)
+  if jax.process_count() > 1:  # the others wait for the fit: no host exits
+    # early into jax.distributed's shutdown barrier (300 s by default)
+    multihost_utils.sync_global_devices("familial_jax sweep ended")
   return out
+
+
+def _agreed(ids: set[str], points) -> set[str]:
+  """`ids` as process 0 sees them, on every process: the hosts of a
+  multi-host run must train the same points in the same order, and a shared
+  filesystem may show some of them a record late."""
+  if jax.process_count() == 1:
+    return ids
+  mask = multihost_utils.broadcast_one_to_all(
+      np.array([p.id in ids for p in points]))
+  return {p.id for p, m in zip(points, np.asarray(mask)) if m}
 
 
 def _recorded(store: ResultsStore, points) -> set[str]:

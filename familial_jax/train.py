@@ -438,6 +438,11 @@ class Preemption:
   across its points and checks it before starting the next, so a notice that
   arrives while a point compiles, evaluates or writes its record costs at
   most that point's last step, never the point.
+
+  Those checks go through `agreed()`: on a multi-host run a notice reaches
+  the hosts at different moments (or only some of them), and a host that
+  stopped alone would wait forever in the checkpoint's collectives for one
+  that went on training.
   """
 
   def __init__(self):
@@ -457,6 +462,18 @@ class Preemption:
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def agreed(self) -> bool:
+    """Whether any process of the run has the notice (then `requested` is
+    set on every one). With several processes this is a collective: every
+    process must call it at the same point of the same loop. It costs one
+    small all-gather and a wait for the device per call (per training step:
+    nothing on one process, little against a pod's step time)."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      self.requested = bool(np.any(multihost_utils.process_allgather(
+          np.int32(self.requested))))
+    return self.requested
 
 
 def _restore_latest_good(manager, trainer: Trainer, iterator, log):
@@ -659,7 +676,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
         for i in evaluating:
           evals[i].append({"step": step, "exit_losses": now[i].tolist()})
         timing.lap("eval")
-      stop = step < total and (preemption.requested or (
+      stop = step < total and (preemption.agreed() or (
           stop_after is not None and step >= stop_after))
       if (checkpoint_every and step % checkpoint_every == 0) or stop:
         timing.lap("steps")

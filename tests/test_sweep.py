@@ -9,6 +9,7 @@ import sys
 import tempfile
 import textwrap
 
+import numpy as np
 import pytest
 
 from familial_jax.results import ResultsStore
@@ -164,6 +165,71 @@ def test_local_shards_equal_one_run(tmp_path, baseline):
   out = bad.communicate(timeout=600)[0]
   assert bad.returncode != 0 and "do not combine it" in out
   assert "Traceback" not in out
+
+
+def two_host_sweep(mesh):
+  """One point (G = 2, d_model 64, 2 layers), 10 steps of 16 x 32 tokens."""
+  from familial_jax import flops, isoflop
+  from familial_jax.config import DataConfig
+  return isoflop.SweepConfig(
+      budgets=(4e9,), granularities=(2,), depths=(2,),
+      ladder=flops.ShapeLadder(vocab_size=256, seq_len=32, aspect_ratio=32.0,
+                               head_dim=16),
+      batch_size=16, min_steps=4, eval_windows=32, mesh_shape=mesh,
+      data=DataConfig(path=f"{DOCS}/process", val_fraction=0.1))
+
+
+def test_two_hosts_agree_on_a_notice_one_of_them_got(tmp_path):
+  """Two localhost processes with 4 CPU devices each run a one-point sweep on
+  a (2, 2, 2) mesh, as the hosts of a pod. SIGTERM reaches only the second,
+  at step 4 of 10: both must stop there with one checkpoint (a host that
+  stopped alone waited forever in the checkpoint's collectives for the other,
+  which went on training: it did before), the rerun must finish the point,
+  and its record must equal a one-device run's."""
+  import json
+  import socket
+  from familial_jax import sweep as sweep_lib
+  worker = os.path.join(os.path.dirname(__file__), "two_host_worker.py")
+  env = {k: v for k, v in sweep_env().items() if k != "XLA_FLAGS"}
+
+  def launch(*sigterm_at):
+    with socket.socket() as s:
+      s.bind(("localhost", 0))
+      port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, worker, str(pid), str(port), str(tmp_path / "pod"),
+         *sigterm_at[pid:pid + 1]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for pid in range(2)]
+    try:
+      outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+      for p in procs:
+        p.kill()
+    for p, out in zip(procs, outputs):
+      assert p.returncode == 0, out[-3000:]
+    return [json.loads(next(l for l in out.splitlines()
+                            if l.startswith("OUT "))[4:]) for out in outputs]
+
+  point = "C4e+09-G2-L2"
+  stopped = launch("", "4")  # process 1 alone gets SIGTERM after step 4
+  assert stopped == [{"planned": 1, "preempted": True, "complete": False,
+                      "ran": 0}] * 2
+  assert os.listdir(tmp_path / "pod" / "runs" / point / "checkpoints") == ["4"]
+  assert launch() == [{"planned": 1, "ran": 1, "skipped": 0,
+                       "complete": True}] * 2
+  base = sweep_lib.run(two_host_sweep((1, 1, 1)), str(tmp_path / "one"),
+                       fit=False, log=lambda s: None)
+  assert base["complete"]
+  got, want = (ResultsStore(str(tmp_path / d)).read(point)
+               for d in ("pod", "one"))
+  np.testing.assert_allclose(got["exit_losses"], want["exit_losses"],
+                             rtol=1e-5, atol=1e-5)
+  steps = {h["step"]: h["exit_losses"] for h in want["train_history"]}
+  assert [h["step"] for h in got["train_history"]] == [6, 8, 10]
+  for h in got["train_history"]:  # the sitting after the stop
+    np.testing.assert_allclose(h["exit_losses"], steps[h["step"]], rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_bad_input_fails_before_training(tmp_path):

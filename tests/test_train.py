@@ -190,33 +190,6 @@ def test_bad_input_is_a_clear_error(tmp_path):
     sharding.make_mesh((4, 4, 1))
 
 
-def test_two_process_run_matches_one_device(tmp_path):
-  """Two localhost processes with 4 CPU devices each, mesh (2, 2, 2)."""
-  import json
-  import socket
-  import subprocess
-  import sys
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    port = s.getsockname()[1]
-  worker = os.path.join(os.path.dirname(__file__), "two_process_worker.py")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen(
-      [sys.executable, worker, str(pid), str(port), str(tmp_path / "run")],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-           for pid in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
-  results = [json.loads(next(l for l in out.splitlines()
-                             if l.startswith("RESULT"))[7:])
-             for out in outputs]
-  base = train.run(SMALL, str(tmp_path / "one"), **quiet)
-  for r in results:
-    np.testing.assert_allclose(np.array(r), _losses(base), rtol=1e-5,
-                               atol=1e-5)
-
-
 def test_sigkill_after_a_checkpoint_resumes_bitwise(tmp_path):
   """The train binary killed with SIGKILL once checkpoint 3 is on disk."""
   import json
