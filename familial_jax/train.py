@@ -466,9 +466,11 @@ class Preemption:
   def agreed(self) -> bool:
     """Whether any process of the run has the notice (then `requested` is
     set on every one). With several processes this is a collective: every
-    process must call it at the same point of the same loop. It costs one
-    small all-gather and a wait for the device per call (per training step:
-    nothing on one process, little against a pod's step time)."""
+    process must call it at the same point of the same loop. On one process
+    it only reads the flag; on several it costs one small all-gather per
+    call, so per training step, and the host then waits for that step
+    before dispatching the next (measured: 4.1 ms per all-gather between two
+    localhost CPU processes over gloo; not measured on a pod)."""
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       self.requested = bool(np.any(multihost_utils.process_allgather(
