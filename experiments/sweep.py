@@ -91,7 +91,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # progress is printed; quiet orbax
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
-  log = lambda s: print(s, flush=True)
+  log = sharding.progress
   try:
     d = _CONFIG.value.to_dict()
     n_boot = d.pop("n_boot", 100)

@@ -47,7 +47,7 @@ def main(argv):
     cfg = TrainConfig.from_dict(_CONFIG.value.to_dict())
     train.enable_compilation_cache(_WORKDIR.value)
     record = train.run(cfg, _WORKDIR.value,
-                       log=lambda s: print(s, flush=True))
+                       log=sharding.progress)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"train: error: {e}")
   if record.get("preempted"):

@@ -40,6 +40,13 @@ def maybe_initialize_distributed(enabled: bool, **kwargs) -> None:
     jax.distributed.initialize(**kwargs)
 
 
+def progress(line: str) -> None:
+  """Prints a progress line on process 0 only: on a pod every host runs the
+  same loop, and each line would otherwise appear once per host."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
 def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one entry may be -1 (all remaining devices).
 

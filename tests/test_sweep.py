@@ -209,15 +209,18 @@ def test_two_hosts_agree_on_a_notice_one_of_them_got(tmp_path):
     for p, out in zip(procs, outputs):
       assert p.returncode == 0, out[-3000:]
     return [json.loads(next(l for l in out.splitlines()
-                            if l.startswith("OUT "))[4:]) for out in outputs]
+                            if l.startswith("OUT "))[4:]) for out in outputs
+            ], outputs
 
   point = "C4e+09-G2-L2"
-  stopped = launch("", "4")  # process 1 alone gets SIGTERM after step 4
+  stopped, outputs = launch("", "4")  # process 1 alone: SIGTERM after step 4
   assert stopped == [{"planned": 1, "preempted": True, "complete": False,
                       "ran": 0}] * 2
+  # Progress lines from process 0 only.
+  assert " step 4/10 " in outputs[0] and " step " not in outputs[1]
   assert os.listdir(tmp_path / "pod" / "runs" / point / "checkpoints") == ["4"]
-  assert launch() == [{"planned": 1, "ran": 1, "skipped": 0,
-                       "complete": True}] * 2
+  assert launch()[0] == [{"planned": 1, "ran": 1, "skipped": 0,
+                          "complete": True}] * 2
   base = sweep_lib.run(two_host_sweep((1, 1, 1)), str(tmp_path / "one"),
                        fit=False, log=lambda s: None)
   assert base["complete"]

@@ -5,7 +5,8 @@ Run by tests/test_sweep.py::test_two_hosts_agree_on_a_notice_one_of_them_got.
 Usage: python two_host_worker.py PROCESS_ID PORT WORKDIR [SIGTERM_AT]
 With SIGTERM_AT = s, this process sends itself SIGTERM once step s is logged
 (the other process gets none: a notice that reaches one host of a pod).
-Prints OUT and sweep.run's result as JSON.
+Progress goes through sharding.progress (process 0 prints it); then OUT and
+sweep.run's result as JSON.
 """
 
 import json
@@ -25,12 +26,13 @@ def main():
   jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                              num_processes=2, process_id=pid)
   assert jax.process_count() == 2 and len(jax.devices()) == 8
-  from familial_jax import sweep  # pylint: disable=g-import-not-at-top
+  from familial_jax import sharding, sweep  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(__file__))
   from test_sweep import two_host_sweep  # pylint: disable=g-import-not-at-top
   at = f" step {sys.argv[4]}/" if sys.argv[4:] not in ([], [""]) else None
 
   def log(line):
+    sharding.progress(line)  # process 0 prints, as the binaries do
     if at and at in line:
       os.kill(os.getpid(), signal.SIGTERM)
 
