@@ -41,9 +41,12 @@ def maybe_initialize_distributed(enabled: bool, **kwargs) -> None:
 
 
 def progress(line: str) -> None:
-  """Prints a progress line on process 0 only: on a pod every host runs the
-  same loop, and each line would otherwise appear once per host."""
-  if jax.process_index() == 0:
+  """Prints a progress line, on process 0 only of a `jax.distributed` run:
+  on a pod every host runs the same loop, and each line would otherwise
+  appear once per host. A single process is not asked for its index, which
+  would start JAX's backends (a dry run started beside a GPU sweep would
+  take most of the GPU's memory)."""
+  if not jax.distributed.is_initialized() or jax.process_index() == 0:
     print(line, flush=True)
 
 

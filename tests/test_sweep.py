@@ -60,8 +60,8 @@ def sweep_env() -> dict:
   return dict(os.environ, XLA_FLAGS="", JAX_COMPILATION_CACHE_DIR=CACHE)
 
 
-def _sweep(config, workdir, *extra, **kw):
-  env = sweep_env()
+def _sweep(config, workdir, *extra, env=None, **kw):
+  env = sweep_env() if env is None else env
   return subprocess.Popen(
       [sys.executable, SWEEP, f"--config={config}", f"--workdir={workdir}",
        "--skip_fit", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -253,8 +253,10 @@ def test_bad_input_fails_before_training(tmp_path):
 
 
 def test_dry_run_shows_the_plan_and_each_shards_shapes(tmp_path):
+  """Also: a dry run starts no JAX backend (one beside a running GPU sweep
+  would take most of the GPU's memory); here no backend could start."""
   proc = _sweep(_config(tmp_path), tmp_path / "w", "--dry_run",
-                "--local_shards=2")
+                "--local_shards=2", env=dict(sweep_env(), JAX_PLATFORMS="none"))
   out = proc.communicate(timeout=300)[0]
   assert proc.returncode == 0, out[-3000:]
   assert "8 points" in out and not (tmp_path / "w").exists()
