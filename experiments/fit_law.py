@@ -21,7 +21,12 @@ import os
 import sys
 import time
 
-from absl import app
+# The fits run on the host CPU (familial_jax.laws.forms.on_host_float64):
+# started on a GPU node, this binary would otherwise also start the GPU's
+# backend and reserve most of its memory for nothing.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
 from familial_jax import isoflop
