@@ -35,7 +35,7 @@ tables of similar size, bootstrap replicates and leave-one-out masks reuse the
 compiled solver.
 
 All JAX work runs inside `forms.on_host_float64()`: float64 on the host CPU
-whatever the default device (a GPU node or TPU host fits as a laptop does);
+whatever the default device (a GPU node or TPU host runs the CPU programs);
 the caller's x64 and default-device settings are left untouched and results
 come back as numpy float64.
 """

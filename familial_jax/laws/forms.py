@@ -66,8 +66,10 @@ def on_host_float64():
   accelerator would only add launches and transfers; TPUs have no native
   float64; and float64 exp and log differ between XLA's backends in the last
   bits, which L-BFGS and the bootstrap percentiles can carry into printed
-  digits. On the CPU a fit gives the same numbers everywhere. The caller's x64
-  and default-device settings are restored on exit (both are thread-local
+  digits. On the CPU a fit runs the same programs with or without an
+  accelerator (what remains are differences between CPUs: see
+  tests/test_laws.py's reproduction test). The caller's x64 and
+  default-device settings are restored on exit (both are thread-local
   contexts, so each thread of the fit's pool enters its own).
   """
   with jax.enable_x64(True), jax.default_device(_host_cpu()):
