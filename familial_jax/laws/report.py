@@ -379,22 +379,18 @@ def claims(report: dict, table, ladder) -> list[dict]:
     budgets = sorted({k[0] for k in models})
     # With more than one budget the observed trend must agree with the fit's
     # (the same sign of the slope over log C for every G) for a verdict.
-    fitted_trend = "fall" if low_most else "rise"
-    trend = ("fall" if observed_falls and all(observed_falls) else
-             "rise" if observed_falls and not any(observed_falls) else
-             "mixed" if observed_falls else fitted_trend)
     if not ok:
       verdict = "does not hold"
-    elif trend == fitted_trend:
+    elif all(falls == low_most for falls in observed_falls):
       verdict = ("holds" if low_most else
                  "EL > 1 holds, but it does not fall with compute")
     else:
+      moves = ("falls" if all(observed_falls) else
+               "rises" if not any(observed_falls) else "moves both ways")
       verdict = ("EL > 1 holds; whether it is largest at low compute is "
                  "undecided: along the fitted law it "
                  + ("falls" if low_most else "does not fall")
-                 + " with compute, the observed family losses' EL "
-                 + {"fall": "falls", "rise": "rises",
-                    "mixed": "moves both ways"}[trend])
+                 + f" with compute, the observed family losses' EL {moves}")
     out.append({
         "claim": "Efficiency Leverage > 1, largest at low compute",
         "fitted": "loss ratio along the compute-optimal ladder, " +
