@@ -88,9 +88,9 @@ print(json.dumps([float(v).hex() for v in [*fit.raw, *(
 
 def test_law_fit_in_a_gpu_process_equals_a_cpu_only_process():
   """The sweep fits in a process whose default device is the GPU; the law
-  programs run on the host CPU (`forms.on_host_float64`), so the committed
-  fits reproduce bit for bit on a machine without one (fit and bootstrap
-  intervals of the committed tiny_cpu results)."""
+  programs run on the host CPU (`forms.on_host_float64`), so this machine
+  without its GPU gives the same bits (fit and bootstrap intervals of the
+  committed tiny_cpu results; other CPUs may round differently)."""
   csv = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), "experiments", "results", "tiny_cpu",
                      "results.csv")

@@ -192,13 +192,13 @@ def test_two_hosts_agree_on_a_notice_one_of_them_got(tmp_path):
   worker = os.path.join(os.path.dirname(__file__), "two_host_worker.py")
   env = {k: v for k, v in sweep_env().items() if k != "XLA_FLAGS"}
 
-  def launch(*sigterm_at):
+  def launch(sigterm_at=None):  # {process: step}
     with socket.socket() as s:
       s.bind(("localhost", 0))
       port = s.getsockname()[1]
     procs = [subprocess.Popen(
         [sys.executable, worker, str(pid), str(port), str(tmp_path / "pod"),
-         *sigterm_at[pid:pid + 1]],
+         *[str(step) for p, step in (sigterm_at or {}).items() if p == pid]],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for pid in range(2)]
     try:
@@ -213,7 +213,7 @@ def test_two_hosts_agree_on_a_notice_one_of_them_got(tmp_path):
             ], outputs
 
   point = "C4e+09-G2-L2"
-  stopped, outputs = launch("", "4")  # process 1 alone: SIGTERM after step 4
+  stopped, outputs = launch({1: 4})  # process 1 alone: SIGTERM after step 4
   assert stopped == [{"planned": 1, "preempted": True, "complete": False,
                       "ran": 0}] * 2
   # Progress lines from process 0 only.

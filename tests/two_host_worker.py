@@ -29,7 +29,7 @@ def main():
   from familial_jax import sharding, sweep  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(__file__))
   from test_sweep import two_host_sweep  # pylint: disable=g-import-not-at-top
-  at = f" step {sys.argv[4]}/" if sys.argv[4:] not in ([], [""]) else None
+  at = f" step {sys.argv[4]}/" if len(sys.argv) > 4 else None
 
   def log(line):
     sharding.progress(line)  # process 0 prints, as the binaries do
