@@ -133,6 +133,11 @@ def main(argv):
         "that, padding members to their group's longest)")
   shards = _SHARDS.value or min(8, os.cpu_count() or 1,
                                 len(isoflop.by_shape(points)))
+  bound = step_bound(points, len(sweep.budgets), shards)
+  print("steps one by one over the longest chain of steps in a mode (its "
+        "ceiling when a step takes the same time whatever its group size and "
+        "shards run concurrently, fixed costs aside): " + ", ".join(
+            f"{m} {r:.2f}x" for m, r in bound.items()))
   unknown = sorted(set(_MODES.value) - set(MODES))
   if unknown or not _MODES.value:
     raise app.UsageError(f"unknown or no modes {unknown}; known: "
@@ -150,6 +155,7 @@ def main(argv):
     # Written after every mode, so a run cut short keeps what it measured.
     record = summarise(results, device, sweep, points, useful, padded,
                        shards)
+    record["step_bound_over_one_by_one"] = bound
     if _OUTPUT.value:
       os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
       with open(_OUTPUT.value, "w") as f:
@@ -159,6 +165,31 @@ def main(argv):
           f"loss difference| {record['max_abs_loss_difference'][mode]:.2e}")
   if _OUTPUT.value:
     print("wrote", _OUTPUT.value)
+
+
+def step_bound(points, group_size: int, shards: int) -> dict:
+  """Per mode: the training steps of all points over the longest chain of
+  steps that one process must take one after another (a group takes as many
+  steps as its longest member; a shard's groups follow each other).
+
+  This bounds a mode's speedup when small models leave the accelerator
+  latency-bound (a vmapped step of K members costs what one member's does),
+  shards share it without slowing each other, and fixed costs (start-up,
+  compilation, evaluation, checkpoints) vanish. Grouping alone cannot beat
+  sum / max of a shape's step counts: with budgets r times apart, at most
+  r / (r - 1) (3x for r = 1.5), however many budgets there are.
+  """
+  total = sum(p.train.steps for p in points)
+
+  def chain(members, size):
+    return sum(max(p.train.steps for p in g)
+               for g in isoflop.groups(members, size))
+
+  split = isoflop.shards(points, shards)
+  return {"grouped": total / chain(points, group_size),
+          "sharded": total / max(chain(s, 1) for s in split if s),
+          "grouped_sharded": total / max(chain(s, group_size)
+                                         for s in split if s)}
 
 
 def summarise(results: dict, device, sweep, points, useful: float,
