@@ -12,7 +12,12 @@ objective, leave-one-budget-out error) and writes them to --output as JSON,
 parameters by name (E, A, B, alpha, beta, gamma). For a sweep's results
 directory whose plan.json records the sweep (its shape ladder), it also prints
 the compute-optimal allocation and the check of the paper's claims, as the
-sweep's report.md has them.
+sweep's report.md has them; with --repeats (the same points trained with
+other seeds) also how far the losses and the observed Efficiency Leverage move
+between seeds:
+
+  python experiments/fit_law.py --input=runs/sweep \
+      --repeats=runs/sweep_seed1,runs/sweep_seed2
 """
 
 import hashlib
@@ -50,6 +55,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
 _BACKEND = flags.DEFINE_enum("backend", "jaxopt", list(BACKENDS),
                              "L-BFGS backend.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the fits here as JSON.")
+_REPEATS = flags.DEFINE_list(
+    "repeats", [],
+    "The same sweep's points trained with other seeds (CSVs or results "
+    "directories; all points or some): prints how far the family losses and "
+    "the observed Efficiency Leverage move between seeds, next to the "
+    "leverage's trend over budgets. Needs --input to be a results directory.")
 
 
 def _resolve(path: str) -> str:
@@ -73,6 +84,11 @@ def _sweep_of(path: str):
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
+  sweep = _sweep_of(argv_input)
+  if _REPEATS.value and (sweep is None or form != "all"):
+    raise ValueError("--repeats needs --form=all and an --input results "
+                     "directory whose plan.json records the sweep.")
+  repeats = [_resolve(r) for r in _REPEATS.value]
   forms = report_lib.default_forms(table) if form == "all" else [form]
   start = time.time()
   # Progress on stderr; the tables go to stdout.
@@ -80,9 +96,12 @@ def run(argv_input: str, form: str) -> dict:
       table, forms, _DELTA.value, _BOOT.value, _RESAMPLE.value, _LEVEL.value,
       _SEED.value, _BACKEND.value,
       log=lambda line: print(line, file=sys.stderr, flush=True))
-  sweep = _sweep_of(argv_input)
   if sweep is not None and form == "all":
     report_lib.analyse_sweep(report, table, sweep)
+  if repeats:
+    report["seed_spread"] = dict(report_lib.seed_spread(
+        report, table, [table_lib.load_csv(r) for r in repeats],
+        sweep.ladder), repeats=[os.path.abspath(r) for r in repeats])
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   report.update(input=os.path.abspath(path), input_sha256=digest,
@@ -103,6 +122,8 @@ def main(argv):
   print(report_lib.format_report(report))
   if report.get("claims"):
     print(report_lib.format_analysis(report))
+  if "seed_spread" in report:
+    print(report_lib.format_seed_spread(report["seed_spread"]))
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     tmp = _OUTPUT.value + ".tmp"

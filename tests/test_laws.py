@@ -299,6 +299,66 @@ def test_compute_optimal_matches_brute_force_and_spends_the_budget():
   assert opt["params"][1] > opt["params"][0]
 
 
+def test_seed_spread_by_hand():
+  """report.seed_spread: the pooled SD of log family loss over the models a
+  repeat shares with the reference, and each seed's observed EL there,
+  against the reference's EL trend over all its budgets."""
+  from familial_jax.laws import report as report_lib
+  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
+                       head_dim=8)
+  params = {"E": 1.5, "A": 30.0, "B": 33.6, "alpha": 0.3, "beta": 0.3,
+            "gamma": 0.01}
+
+  def table(budgets, dense_loss, family_loss):
+    rows = []
+    for c, scale in budgets:
+      for n in (1e5, 2e5):
+        rows.append(dict(params=n, tokens=c / 1e6, loss=dense_loss,
+                         granularity=1, budget=c, exit=1, exit_params=n))
+        for g in (1, 2):
+          rows.append(dict(params=n + 64, tokens=0.9 * c / 1e6,
+                           loss=family_loss * scale, granularity=2, budget=c,
+                           exit=g, exit_params=n * g / 2))
+    return {k: np.array([r[k] for r in rows], float) for k in rows[0]}
+
+  reference = table([(1e12, 1.0), (1e13, 0.5)], 3.0, 3.0)
+  repeat = table([(1e12, 1.0)], 3.0 * 0.99, 3.0 * 1.02)  # first budget only
+  report = {"fits": {"multiplicative": {
+      "params": params, "huber_delta": 1e-3, "objective": 0.0,
+      "converged": True, "grad_norm": 0.0, "n_points": 12, "n_starts": 1}},
+            "selected_form": "multiplicative"}
+  spread = report_lib.seed_spread(report, reference, [repeat], ladder)
+  assert (spread["models"], spread["seeds"]) == (4, 2)
+  # Two seeds: each model's sample variance is (difference of logs)^2 / 2.
+  assert spread["log_loss_sd"] == pytest.approx(
+      np.sqrt((np.log(0.99) ** 2 + np.log(1.02) ** 2) / 4), rel=1e-12)
+  assert spread["log_loss_range"] == pytest.approx(np.log(1.02), rel=1e-12)
+  law = laws.get_form("multiplicative")
+  dense = [np.mean([law.predict(params, n * g / 2, 0.9 * 1e12 * (
+      ladder.train_flops_per_token(n + 64, 2) / sum(
+          ladder.train_flops_per_token(n * h / 2, 1) for h in (1, 2))) / 1e6,
+                                1) for g in (1, 2)]) for n in (1e5, 2e5)]
+  els = spread["leverage"][2][1e12]
+  assert els[0] == pytest.approx(np.mean(dense) / 3.0, rel=1e-9)
+  assert els[1] == pytest.approx(els[0] / 1.02, rel=1e-12)
+  ref = spread["reference_leverage"][2]
+  assert ref[1e12] == els[0] and ref[1e13] == pytest.approx(
+      np.mean([law.predict(params, n * g / 2, 0.9 * 1e13 * (
+          ladder.train_flops_per_token(n + 64, 2) / sum(
+              ladder.train_flops_per_token(n * h / 2, 1) for h in (1, 2)))
+                           / 1e6, 1) for n in (1e5, 2e5) for g in (1, 2)])
+      / 1.5, rel=1e-9)
+  sd = np.std(els, ddof=1)
+  change = ref[1e13] - ref[1e12]
+  assert (f"G = 2, C = 1e+12: observed EL per seed {els[0]:.3f}, "
+          f"{els[1]:.3f} (SD {sd:.4f}); reference seed from C = 1e+12 to "
+          f"1e+13: {change:+.3f} = {change / sd:+.1f} SD") in (
+              report_lib.format_seed_spread(spread))
+  with pytest.raises(ValueError, match="share models"):
+    report_lib.seed_spread(report, reference,
+                           [table([(1e14, 1.0)], 3.0, 3.0)], ladder)
+
+
 def test_efficiency_leverage_by_hand():
   table = synthetic_table()
   result = laws.fit(table, "multiplicative", refine_top=4)
@@ -451,12 +511,27 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   fits, intervals, held-out errors, allocation and claims (README numbers)."""
   committed = os.path.join(REPO, "experiments", "results", "tiny_cpu")
   out = tmp_path / "fit.json"
+  # A repeat of the lowest budget's points with every loss 1% higher, as if
+  # trained with another seed (only the seed spread reads it).
+  table = laws.table.load_csv(os.path.join(committed, "results.csv"))
+  low = table["budget"] == table["budget"].min()
+  repeat = {k: v[low] for k, v in table.items()}
+  repeat["loss"] = repeat["loss"] * 1.01
+  _write_csv(tmp_path / "repeat.csv", repeat)
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={committed}", f"--output={out}"],
+       f"--input={committed}", f"--output={out}",
+       f"--repeats={tmp_path / 'repeat.csv'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   got = json.loads(out.read_text())
+  models = len({(n, g) for n, g in zip(repeat["params"],
+                                       repeat["granularity"])})
+  spread = got["seed_spread"]
+  assert spread["models"] == models and spread["seeds"] == 2
+  assert spread["log_loss_sd"] == pytest.approx(np.log(1.01) / np.sqrt(2),
+                                                rel=1e-9)
+  assert f"seed spread: {models} models trained with 2 seeds" in proc.stdout
   with open(os.path.join(committed, "fits.json")) as f:
     want = json.load(f)
   assert got["selected_form"] == want["selected_form"]

@@ -301,6 +301,107 @@ def _dense_partner(models, key, rtol=0.01):
   return models[best[1]] if best and best[0] <= rtol else None
 
 
+def observed_leverage(result: fit_lib.FitResult, table, ladder
+                      ) -> dict[int, dict[float, float]]:
+  """Efficiency Leverage of the observed families, per G and budget.
+
+  Each G > 1 model's observed family loss (mean over its exits) against the
+  law's dense alternative (`analysis.efficiency_leverage`: G dense models of
+  its sub-model sizes on its compute), averaged over the budget's models.
+
+  Args:
+    result: a unified-law fit.
+    table: per-exit loss table with exit and exit_params columns.
+    ladder: the sweep's `ShapeLadder`.
+
+  Returns:
+    {G: {budget: mean loss ratio}}, G ascending.
+  """
+  return _leverage(result, _models(table), ladder)
+
+
+def _leverage(result, models, ladder) -> dict[int, dict[float, float]]:
+  """`observed_leverage` of `_models` rows."""
+  per_g = {}
+  for (c, _, g), exits in models.items():
+    if g == 1:
+      continue
+    rows = [exits[e] for e in sorted(exits)]
+    el = analysis.efficiency_leverage(
+        result, rows[0]["params"], [r["exit_params"] for r in rows],
+        rows[0]["tokens"], g, ladder,
+        family_loss=float(np.mean([r["loss"] for r in rows])),
+        compute_ratio=False)
+    per_g.setdefault(g, {}).setdefault(c, []).append(el["loss_ratio"])
+  return {g: {c: float(np.mean(v)) for c, v in per_g[g].items()}
+          for g in sorted(per_g)}
+
+
+def seed_spread(report: dict, table, repeats, ladder) -> dict:
+  """How far a sweep's observations move when it is trained again with
+  other seeds (initialisation and data order).
+
+  Args:
+    report: `fit_all`'s report of `table`; its `law_for_analysis` gives the
+      EL's dense alternative (not refitted per seed).
+    table: per-exit loss table of the reference seed.
+    repeats: per-exit tables of other seeds, of all or some of its points.
+    ladder: the sweep's `ShapeLadder`.
+
+  Returns:
+    {"models": models (budget, N, G) present in every table, "seeds": number
+    of tables, "log_loss_sd": pooled sample SD over seeds of the log of each
+    model's family loss (mean over exits), "log_loss_range": the largest
+    max - min of one model's, "leverage": {G: {budget: [observed EL per
+    table, reference first]}} over the shared models (`observed_leverage`),
+    "reference_leverage": `observed_leverage` of the whole reference table}.
+  """
+  form = law_for_analysis(report)
+  if form is None:
+    raise ValueError("seed_spread needs a report with a unified law that "
+                     "has a G term.")
+  result = _result(report, form)
+  all_models = [_models(t) for t in [table, *repeats]]
+  shared = sorted(set.intersection(*(set(m) for m in all_models)))
+  if not shared or len(all_models) < 2:
+    raise ValueError("seed_spread needs repeats that share models (budget, N "
+                     "and G) with the reference table.")
+  logs = np.log([[np.mean([r["loss"] for r in m[k].values()]) for m in
+                  all_models] for k in shared])  # [models, seeds]
+  levs = [_leverage(result, {k: m[k] for k in shared}, ladder)
+          for m in all_models]
+  return {"models": len(shared), "seeds": len(all_models),
+          "log_loss_sd": float(np.sqrt(np.mean(np.var(logs, axis=1,
+                                                      ddof=1)))),
+          "log_loss_range": float(np.max(np.ptp(logs, axis=1))),
+          "leverage": {g: {c: [lev[g][c] for lev in levs] for c in levs[0][g]}
+                       for g in levs[0]},
+          "reference_leverage": _leverage(result, all_models[0], ladder)}
+
+
+def format_seed_spread(spread: dict) -> str:
+  """`seed_spread` as text, with each G's change of the reference seed's
+  observed EL from its lowest budget to its highest in seed SDs (at each of
+  the repeated budgets)."""
+  reference = spread["reference_leverage"]
+  lines = [f"seed spread: {spread['models']} models trained with "
+           f"{spread['seeds']} seeds: SD of log family loss "
+           f"{spread['log_loss_sd']:.4f} (pooled), largest range "
+           f"{spread['log_loss_range']:.4f}"]
+  for g, per_budget in spread["leverage"].items():
+    for c, els in sorted(per_budget.items()):
+      sd = float(np.std(els, ddof=1))
+      line = (f"  G = {g}, C = {c:.3g}: observed EL per seed "
+              + ", ".join(f"{e:.3f}" for e in els) + f" (SD {sd:.4f})")
+      if len(reference.get(g, {})) > 1 and sd > 0:
+        cs = sorted(reference[g])
+        change = reference[g][cs[-1]] - reference[g][cs[0]]
+        line += (f"; reference seed from C = {cs[0]:.3g} to {cs[-1]:.3g}: "
+                 f"{change:+.3f} = {change / sd:+.1f} SD")
+      lines.append(line)
+  return "\n".join(lines)
+
+
 def claims(report: dict, table, ladder) -> list[dict]:
   """The paper's three claims, checked against a sweep's fits and raw data.
 
@@ -359,20 +460,9 @@ def claims(report: dict, table, ladder) -> list[dict]:
                    f"at C = {c[-1]:.2g} ({far['loss_ratio']:.3f} at "
                    f"{far['budget']:.2g}, extrapolated)")
     observed, observed_falls = [], []
-    for g in gs:
-      per_budget = {}
-      for (c, _, gg), exits in models.items():
-        if gg != g:
-          continue
-        rows = [exits[e] for e in sorted(exits)]
-        el = analysis.efficiency_leverage(
-            result, rows[0]["params"], [r["exit_params"] for r in rows],
-            rows[0]["tokens"], g, ladder,
-            family_loss=float(np.mean([r["loss"] for r in rows])),
-            compute_ratio=False)
-        per_budget.setdefault(c, []).append(el["loss_ratio"])
+    for g, per_budget in observed_leverage(result, table, ladder).items():
       cs = sorted(per_budget)
-      means = [np.mean(per_budget[c]) for c in cs]
+      means = [per_budget[c] for c in cs]
       observed.append(f"G = {g}: " + ", ".join(f"{m:.3f}" for m in means))
       if len(means) > 1:  # the least-squares trend over log C
         observed_falls.append(bool(np.polyfit(np.log(cs), means, 1)[0] < 0))
