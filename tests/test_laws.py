@@ -352,7 +352,7 @@ def test_seed_spread_by_hand():
   change = ref[1e13] - ref[1e12]
   assert (f"G = 2, C = 1e+12: observed EL per seed {els[0]:.3f}, "
           f"{els[1]:.3f} (SD {sd:.4f}); reference seed from C = 1e+12 to "
-          f"1e+13: {change:+.3f} = {change / sd:+.1f} SD") in (
+          f"1e+13: {change:+.3f} ({abs(change) / sd:.1f}x this SD)") in (
               report_lib.format_seed_spread(spread))
   with pytest.raises(ValueError, match="share models"):
     report_lib.seed_spread(report, reference,

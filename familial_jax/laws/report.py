@@ -381,8 +381,9 @@ def seed_spread(report: dict, table, repeats, ladder) -> dict:
 
 def format_seed_spread(spread: dict) -> str:
   """`seed_spread` as text, with each G's change of the reference seed's
-  observed EL from its lowest budget to its highest in seed SDs (at each of
-  the repeated budgets)."""
+  observed EL from its lowest budget to its highest, as a multiple of the
+  seed SD at each repeated budget (the difference of two budgets' means has
+  an SD at least as large as either's)."""
   reference = spread["reference_leverage"]
   lines = [f"seed spread: {spread['models']} models trained with "
            f"{spread['seeds']} seeds: SD of log family loss "
@@ -397,7 +398,7 @@ def format_seed_spread(spread: dict) -> str:
         cs = sorted(reference[g])
         change = reference[g][cs[-1]] - reference[g][cs[0]]
         line += (f"; reference seed from C = {cs[0]:.3g} to {cs[-1]:.3g}: "
-                 f"{change:+.3f} = {change / sd:+.1f} SD")
+                 f"{change:+.3f} ({abs(change) / sd:.1f}x this SD)")
       lines.append(line)
   return "\n".join(lines)
 
