@@ -574,6 +574,43 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   assert "compute-optimal allocation" in proc.stdout
 
 
+def test_committed_seed_repeats_give_the_readme_spread():
+  """The committed cpu_large fit and its seed repeats give the spread that
+  experiments/results/cpu_large/seeds/README.md and the README quote."""
+  from familial_jax import isoflop
+  from familial_jax.laws import report as report_lib
+  root = os.path.join(REPO, "experiments", "results", "cpu_large")
+  with open(os.path.join(root, "fits.json")) as f:
+    report = json.load(f)
+  with open(os.path.join(root, "plan.json")) as f:
+    ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
+  load = lambda *p: laws.table.load_csv(os.path.join(root, *p, "results.csv"))
+  three = report_lib.seed_spread(report, load(), [load("seeds", "seed1"),
+                                                  load("seeds", "seed2")],
+                                 ladder)
+  assert (three["models"], three["seeds"]) == (26, 3)
+  assert round(three["log_loss_sd"], 3) == 0.016
+  els = {g: v[4e10] for g, v in three["leverage"].items()}
+  assert {g: [round(x, 3) for x in v] for g, v in els.items()} == {
+      2: [1.063, 1.079, 1.077], 4: [1.136, 1.152, 1.151],
+      8: [1.223, 1.266, 1.255]}
+  assert [round(float(np.std(els[g], ddof=1)), 3) for g in (2, 4, 8)] == [
+      0.008, 0.009, 0.022]
+  ref = three["reference_leverage"]
+  assert [round(ref[g][4e10] - ref[g][1.44e12], 3) for g in (2, 4, 8)] == [
+      0.017, 0.044, 0.049]
+  two = report_lib.seed_spread(report, load(), [load("seeds", "seed1")],
+                               ladder)
+  assert two["models"] == 52
+  seed1 = load("seeds", "seed1")
+  upper = laws.table.select(seed1, seed1["budget"] == 1.2e11)
+  assert round(report_lib.seed_spread(report, load(), [upper], ladder)[
+      "log_loss_sd"], 3) == 0.011
+  assert {g: [round(x, 3) for x in v[1.2e11]]
+          for g, v in two["leverage"].items()} == {
+              2: [1.049, 1.052], 4: [1.126, 1.133], 8: [1.243, 1.259]}
+
+
 def test_fit_law_binary_bad_input_is_clean(tmp_path):
   path = tmp_path / "bad.csv"
   path.write_text("params,tokens,loss\n1e6,1e9,2.5\n2e6,abc,2.4\n")
