@@ -187,9 +187,8 @@ def step_bound(points, group_size: int, shards: int) -> dict:
 
   split = isoflop.shards(points, shards)
   return {"grouped": total / chain(points, group_size),
-          "sharded": total / max(chain(s, 1) for s in split if s),
-          "grouped_sharded": total / max(chain(s, group_size)
-                                         for s in split if s)}
+          "sharded": total / max(chain(s, 1) for s in split),
+          "grouped_sharded": total / max(chain(s, group_size) for s in split)}
 
 
 def summarise(results: dict, device, sweep, points, useful: float,

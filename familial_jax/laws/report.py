@@ -384,19 +384,19 @@ def format_seed_spread(spread: dict) -> str:
   observed EL from its lowest budget to its highest, as a multiple of the
   seed SD at each repeated budget (the difference of two budgets' means has
   an SD at least as large as either's)."""
-  reference = spread["reference_leverage"]
   lines = [f"seed spread: {spread['models']} models trained with "
            f"{spread['seeds']} seeds: SD of log family loss "
            f"{spread['log_loss_sd']:.4f} (pooled), largest range "
            f"{spread['log_loss_range']:.4f}"]
   for g, per_budget in spread["leverage"].items():
+    reference = spread["reference_leverage"].get(g, {})
+    cs = sorted(reference)
+    change = reference[cs[-1]] - reference[cs[0]] if len(cs) > 1 else None
     for c, els in sorted(per_budget.items()):
       sd = float(np.std(els, ddof=1))
       line = (f"  G = {g}, C = {c:.3g}: observed EL per seed "
               + ", ".join(f"{e:.3f}" for e in els) + f" (SD {sd:.4f})")
-      if len(reference.get(g, {})) > 1 and sd > 0:
-        cs = sorted(reference[g])
-        change = reference[g][cs[-1]] - reference[g][cs[0]]
+      if change is not None and sd > 0:
         line += (f"; reference seed from C = {cs[0]:.3g} to {cs[-1]:.3g}: "
                  f"{change:+.3f} ({abs(change) / sd:.1f}x this SD)")
       lines.append(line)
