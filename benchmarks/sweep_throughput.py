@@ -176,8 +176,8 @@ def step_bound(points, group_size: int, shards: int) -> dict:
   latency-bound (a vmapped step of K members costs what one member's does),
   shards share it without slowing each other, and fixed costs (start-up,
   compilation, evaluation, checkpoints) vanish. Grouping alone cannot beat
-  sum / max of a shape's step counts: with budgets r times apart, at most
-  r / (r - 1) (3x for r = 1.5), however many budgets there are.
+  sum / max of a shape's step counts: with steps in proportion to budgets r
+  times apart, below r / (r - 1) (3x for r = 1.5), however many budgets.
   """
   total = sum(p.train.steps for p in points)
 
