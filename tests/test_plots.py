@@ -48,3 +48,13 @@ def test_fit_and_draw_writes_every_figure_and_the_report(tmp_path):
   assert len(minima) == 9 and all(r["points"] == 4 for r in minima)
   assert all(r["edge"] == "smallest" for r in minima)
   assert any("wrote 6 figures" in line for line in lines)
+  # The leverage figure's observed markers: each G > 1 at each of the 3
+  # budgets, the per-budget means the EL claim quotes.
+  observed = saved["analysis"]["observed_leverage"]
+  assert sorted(observed) == ["2", "4"]
+  claim = next(c for c in saved["claims"]
+               if c["claim"].startswith("Efficiency Leverage"))
+  for g, rows in observed.items():
+    assert [r["budget"] for r in rows] == sorted(sweep.budgets)
+    quoted = ", ".join(f"{r['loss_ratio']:.3f}" for r in rows)
+    assert f"G = {g}: {quoted}" in claim["observed"]

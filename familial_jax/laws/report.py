@@ -94,7 +94,10 @@ def law_for_analysis(report: dict) -> str | None:
 
 def analyse(report: dict, table, ladder, budgets, granularities) -> dict:
   """Compute-optimal allocation and Efficiency Leverage along the ladder,
-  over budgets from a third of the smallest to 100x the largest."""
+  over budgets from a third of the smallest to 100x the largest; the data's
+  IsoFLOP minima (`minima_against_law`) and, for a per-exit table (with
+  exit_params), the observed families' EL per budget (`observed_leverage`,
+  as "observed_leverage": {G: [{"budget", "loss_ratio"}]})."""
   form = law_for_analysis(report)
   if form is None:
     return {}
@@ -120,11 +123,17 @@ def analyse(report: dict, table, ladder, budgets, granularities) -> dict:
 
   optimal, leverage = along(grid)
   at_optimal, at_leverage = along(np.sort(np.asarray(budgets, np.float64)))
-  return {"form": form, "budgets": grid.tolist(), "compute_optimal": optimal,
-          "efficiency_leverage": leverage,
-          "at_sweep_budgets": {"compute_optimal": at_optimal,
-                               "efficiency_leverage": at_leverage},
-          **minima_against_law(result, table, ladder)}
+  out = {"form": form, "budgets": grid.tolist(), "compute_optimal": optimal,
+         "efficiency_leverage": leverage,
+         "at_sweep_budgets": {"compute_optimal": at_optimal,
+                              "efficiency_leverage": at_leverage},
+         **minima_against_law(result, table, ladder)}
+  if "exit_params" in table_lib.as_table(table):
+    out["observed_leverage"] = {
+        str(g): [{"budget": c, "loss_ratio": per_budget[c]}
+                 for c in sorted(per_budget)]
+        for g, per_budget in observed_leverage(result, table, ladder).items()}
+  return out
 
 
 def minima_against_law(result, table, ladder) -> dict:
