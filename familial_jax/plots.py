@@ -88,14 +88,19 @@ def law_fit(table, report, form, path):
 
 def granularity_penalty(table, report, path):
   """Family loss at G over that at G = 1 for the same budget and shape
-  (d_model), with the fitted G^gamma and its interval."""
+  (d_model), with the fitted G^gamma (equal N and D) and its interval, and
+  the multiplicative law's ratio for the same pairs (the family also trains
+  on fewer tokens: its exit heads cost FLOPs)."""
   keys = np.stack([table["budget"], table["d_model"], table["granularity"]], 1)
   uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-  loss = np.bincount(inv.reshape(-1), table["loss"]) / np.bincount(
-      inv.reshape(-1))
-  dense = {(c, d): l for (c, d, g), l in zip(uniq, loss) if g == 1}
-  xs, ys = zip(*[(g, l / dense[(c, d)]) for (c, d, g), l in zip(uniq, loss)
-                 if g > 1 and (c, d) in dense]) or ((), ())
+  inv = inv.reshape(-1)
+  mean = lambda col: np.bincount(inv, table[col]) / np.bincount(inv)
+  loss, params, tokens = mean("loss"), mean("params"), mean("tokens")
+  dense = {(c, d): i for i, (c, d, g) in enumerate(uniq) if g == 1}
+  pairs = [(i, dense[(c, d)]) for i, (c, d, g) in enumerate(uniq)
+           if g > 1 and (c, d) in dense]
+  xs = np.array([uniq[i, 2] for i, _ in pairs])
+  ys = np.array([loss[i] / loss[j] for i, j in pairs])
   fig, ax = plt.subplots(figsize=(4.6, 3.6))
   ax.plot(xs, ys, "o", alpha=0.6, label="observed (same C and shape)")
   gs = np.linspace(1, uniq[:, 2].max(), 50)
@@ -107,6 +112,12 @@ def granularity_penalty(table, report, path):
     if "gamma" in iv:
       ax.fill_between(gs, gs ** iv["gamma"][0], gs ** iv["gamma"][1],
                       alpha=0.2, label="95% interval")
+    if pairs:
+      i, j = (np.array(k) for k in zip(*pairs))
+      law = (_predict(report, "multiplicative", params[i], tokens[i], xs) /
+             _predict(report, "multiplicative", params[j], tokens[j], 1))
+      ax.plot(xs + 0.12, law, "x", color="k", alpha=0.6,
+              label="law, same pairs (fewer tokens at G > 1)")
   ax.axhline(1, color="k", lw=0.6)
   ax.set_xlabel("G (exits)")
   ax.set_ylabel("loss(G) / loss(G = 1)")
