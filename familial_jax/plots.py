@@ -45,7 +45,7 @@ def isoflop_curves(table, report, form, path):
   gs = np.unique(fam["granularity"])
   budgets = np.unique(fam["budget"])
   fig, axes = plt.subplots(1, len(gs), figsize=(4 * len(gs), 3.4),
-                           sharey=True, squeeze=False)
+                           sharex=True, sharey=True, squeeze=False)
   for ax, g in zip(axes[0], gs):
     for color, c in zip(_colors(len(budgets)), budgets):
       m = (fam["granularity"] == g) & (fam["budget"] == c)
