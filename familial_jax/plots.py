@@ -69,14 +69,20 @@ def isoflop_curves(table, report, form, path):
 
 
 def law_fit(table, report, form, path):
-  """Observed against predicted family loss for every unified form."""
+  """Observed against predicted family loss for every unified form, each
+  labelled with its held-out error where the report has one."""
   fam = table_lib.family_table(table)
   fig, ax = plt.subplots(figsize=(4.2, 4))
-  for name in ("chinchilla", "multiplicative", "reducible"):
+  for name, marker in (("chinchilla", "o"), ("multiplicative", "s"),
+                       ("reducible", "^")):
     if name in report["fits"]:
       pred = _predict(report, name, fam["params"], fam["tokens"],
                       fam["granularity"])
-      ax.plot(pred, fam["loss"], "o", ms=4, alpha=0.7, label=name)
+      heldout = report["fits"][name].get("heldout_rmse_log")
+      label = name if heldout is None else (
+          f"{name} (held-out rmse log L {heldout:.4f})")
+      ax.plot(pred, fam["loss"], marker, ms=4, mfc="none", alpha=0.7,
+              label=label)
   lo, hi = fam["loss"].min(), fam["loss"].max()
   ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
   ax.set_xlabel("predicted loss")
