@@ -92,24 +92,38 @@ def law_fit(table, report, form, path):
   return _save(fig, path)
 
 
-def granularity_penalty(table, report, path):
-  """Family loss at G over that at G = 1 for the same budget and shape
-  (d_model), with the fitted G^gamma (equal N and D) and its interval, and
-  the multiplicative law's ratio for the same pairs (the family also trains
-  on fewer tokens: its exit heads cost FLOPs)."""
+def granularity_pairs(table, report=None) -> dict[str, np.ndarray]:
+  """Each G > 1 model beside the G = 1 model of its budget and shape
+  (d_model): {"granularity", "observed" (family loss over the dense loss),
+  and with a multiplicative fit in `report`, "law" (its ratio for the same
+  pair: the family's N and tokens against the dense model's)}."""
   keys = np.stack([table["budget"], table["d_model"], table["granularity"]], 1)
   uniq, inv = np.unique(keys, axis=0, return_inverse=True)
   inv = inv.reshape(-1)
   mean = lambda col: np.bincount(inv, table[col]) / np.bincount(inv)
   loss, params, tokens = mean("loss"), mean("params"), mean("tokens")
   dense = {(c, d): i for i, (c, d, g) in enumerate(uniq) if g == 1}
-  pairs = [(i, dense[(c, d)]) for i, (c, d, g) in enumerate(uniq)
-           if g > 1 and (c, d) in dense]
-  xs = np.array([uniq[i, 2] for i, _ in pairs])
-  ys = np.array([loss[i] / loss[j] for i, j in pairs])
+  family = [k for k, (c, d, g) in enumerate(uniq) if g > 1 and (c, d) in dense]
+  i = np.array(family, dtype=int)
+  j = np.array([dense[tuple(uniq[k, :2])] for k in family], dtype=int)
+  out = {"granularity": uniq[i, 2], "observed": loss[i] / loss[j]}
+  if report is not None and "multiplicative" in report["fits"] and len(i):
+    out["law"] = (
+        _predict(report, "multiplicative", params[i], tokens[i], uniq[i, 2]) /
+        _predict(report, "multiplicative", params[j], tokens[j], 1))
+  return out
+
+
+def granularity_penalty(table, report, path):
+  """Family loss at G over that at G = 1 for the same budget and shape
+  (`granularity_pairs`), with the fitted G^gamma (equal N and D) and its
+  interval, and the multiplicative law's ratio for the same pairs (the
+  family also trains on fewer tokens: its exit heads cost FLOPs)."""
+  pairs = granularity_pairs(table, report)
+  xs, ys = pairs["granularity"], pairs["observed"]
+  gs = np.linspace(1, np.max(table["granularity"]), 50)
   fig, ax = plt.subplots(figsize=(4.6, 3.6))
   ax.plot(xs, ys, "o", alpha=0.6, label="observed (same C and shape)")
-  gs = np.linspace(1, uniq[:, 2].max(), 50)
   if "multiplicative" in report["fits"]:
     fit = report["fits"]["multiplicative"]
     gamma = fit["params"]["gamma"]
@@ -118,11 +132,8 @@ def granularity_penalty(table, report, path):
     if "gamma" in iv:
       ax.fill_between(gs, gs ** iv["gamma"][0], gs ** iv["gamma"][1],
                       alpha=0.2, label="95% interval")
-    if pairs:
-      i, j = (np.array(k) for k in zip(*pairs))
-      law = (_predict(report, "multiplicative", params[i], tokens[i], xs) /
-             _predict(report, "multiplicative", params[j], tokens[j], 1))
-      ax.plot(xs + 0.12, law, "x", color="k", alpha=0.6,
+    if "law" in pairs:
+      ax.plot(xs + 0.12, pairs["law"], "x", color="k", alpha=0.6,
               label="law, same pairs (fewer tokens at G > 1)")
   ax.axhline(1, color="k", lw=0.6)
   ax.set_xlabel("G (exits)")

@@ -5,8 +5,13 @@ import json
 import os
 import shutil
 
+import numpy as np
+import pytest
+
 from familial_jax import isoflop
+from familial_jax import plots
 from familial_jax import sweep as sweep_lib
+from familial_jax.results import ResultsStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = os.path.join(REPO, "experiments", "results", "tiny_cpu")
@@ -58,3 +63,28 @@ def test_fit_and_draw_writes_every_figure_and_the_report(tmp_path):
     assert [r["budget"] for r in rows] == sorted(sweep.budgets)
     quoted = ", ".join(f"{r['loss_ratio']:.3f}" for r in rows)
     assert f"G = {g}: {quoted}" in claim["observed"]
+  # The granularity figure's pairs, by hand from the committed CSV: each G > 1
+  # point's mean exit loss over the G = 1 point of its budget and d_model,
+  # and (E + A / N^alpha + B / D^beta) G^gamma for the same two points.
+  rows = {}
+  with open(os.path.join(COMMITTED, "results.csv")) as f:
+    head = f.readline().strip().split(",")
+    for line in f:
+      r = dict(zip(head, line.strip().split(",")))
+      key = (float(r["budget"]), int(r["d_model"]), int(r["granularity"]))
+      rows.setdefault(key, []).append(
+          (float(r["loss"]), float(r["params"]), float(r["tokens"])))
+  p = saved["fits"]["multiplicative"]["params"]
+  law = lambda n, d, g: (p["E"] + p["A"] / n ** p["alpha"] +
+                         p["B"] / d ** p["beta"]) * g ** p["gamma"]
+  want = []
+  for (c, width, g), exits in sorted(rows.items()):
+    if g == 1:
+      continue
+    (n, d), dense = exits[0][1:], rows[(c, width, 1)][0]
+    want.append((g, np.mean([e[0] for e in exits]) / dense[0],
+                 law(n, d, g) / law(dense[1], dense[2], 1)))
+  pairs = plots.granularity_pairs(ResultsStore(str(tmp_path)).table(), saved)
+  got = sorted(zip(pairs["granularity"], pairs["observed"], pairs["law"]))
+  assert len(got) == len(want) == 24
+  assert np.array(got) == pytest.approx(np.array(sorted(want)), rel=1e-6)
