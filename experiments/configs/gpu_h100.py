@@ -10,6 +10,9 @@ N* is about 0.84M at 1e14 and 6.1M at 3e15, and every budget has sizes 2.0x
 to 8.5x below it and 3.9x to 7.9x above it (G = 8 from 1e15 on: its smallest
 model has depth 8), so the IsoFLOP profiles should bracket their minima (cpu_large,
 whose sizes began near or above N*, showed the cost of not doing so).
+Those figures are from the five-budget cpu_large fit; the six-budget fit
+(156 points) puts N* at 1.2M to 10M, which the ladder still brackets (3.2x to
+12.5x below, 2.4x to 5.3x above for G <= 4; see its results README).
 Points with fewer than 0.25 tokens per parameter (far past the optimum: a
 few dozen steps) or more than 6 passes over the corpus (25 MB of text; 6
 rather than 4 lets the top budget train models below its N*) are dropped;
