@@ -13,6 +13,7 @@ from scipy import optimize
 
 from familial_jax import laws
 from familial_jax.flops import ShapeLadder
+from familial_jax.laws import analysis
 from familial_jax.laws import fitting
 from familial_jax.laws.fitting import predict_log, prepare
 
@@ -695,7 +696,9 @@ def test_claims_check_against_hand_computed_ratios():
                                                 "loss_ratio": 1.05}]},
                    "at_sweep_budgets": {"efficiency_leverage": {"2": [
           {"budget": 1e11, "loss_ratio": 1.2}, {"budget": 1e12,
-                                                "loss_ratio": 1.1}]}}}}
+                                                "loss_ratio": 1.1}]},
+                       "compute_optimal": {"2": {"budget": [1e12],
+                                                 "params": [1.5e5]}}}}}
   claims = {c["claim"].split()[0]: c for c in report_lib.claims(
       report, table, ladder)}
   gamma = claims["gamma"]
@@ -705,6 +708,23 @@ def test_claims_check_against_hand_computed_ratios():
   assert claims["Efficiency"]["verdict"] == "holds"
   assert "1.200 at C = 1e+11 to 1.100 at C = 1e+12 (1.050 at 1e+14" in (
       claims["Efficiency"]["fitted"])
+  # EL at the law's N* = 1.5e5: each family's EL (its mean exit loss against
+  # the law's dense alternative), linear in log N between the two sizes.
+  result = report_lib._result(report, "multiplicative")
+  els = [analysis.efficiency_leverage(
+      result, n + 64, [n / 2, n], 9e5, 2, ladder, family_loss=np.mean(fam),
+      compute_ratio=False)["loss_ratio"]
+         for n, fam in [(1e5, (3.3, 3.09)), (2e5, (3.1, 2.9))]]
+  w = np.log(1.5e5 / (1e5 + 64)) / np.log((2e5 + 64) / (1e5 + 64))
+  at_opt = els[0] + w * (els[1] - els[0])
+  assert f"At the law's N* (interpolated in log N between the sizes around " \
+         f"it): G = 2: {at_opt:.3f} (1e+12)" in claims["Efficiency"]["observed"]
+  assert report_lib.observed_leverage_at_optimum(
+      result, table, ladder, {"2": {"budget": [1e12], "params": [1.5e5]}}
+  )[2][1e12] == pytest.approx(at_opt, rel=1e-12)
+  # N* outside the sampled sizes: no reading.
+  assert report_lib.observed_leverage_at_optimum(
+      result, table, ladder, {"2": {"budget": [1e12], "params": [5e5]}}) == {}
   upstream = claims["upstream"]
   deepest = [3.09 / 3.0, 2.9 / 2.8]
   assert f"same budget and depth: mean {np.mean(deepest):.4f}" in (

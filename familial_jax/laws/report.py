@@ -129,10 +129,14 @@ def analyse(report: dict, table, ladder, budgets, granularities) -> dict:
                               "efficiency_leverage": at_leverage},
          **minima_against_law(result, table, ladder)}
   if "exit_params" in table_lib.as_table(table):
-    out["observed_leverage"] = {
+    as_rows = lambda per_g: {
         str(g): [{"budget": c, "loss_ratio": per_budget[c]}
                  for c in sorted(per_budget)]
-        for g, per_budget in observed_leverage(result, table, ladder).items()}
+        for g, per_budget in per_g.items()}
+    out["observed_leverage"] = as_rows(observed_leverage(result, table,
+                                                         ladder))
+    out["observed_leverage_at_optimum"] = as_rows(
+        observed_leverage_at_optimum(result, table, ladder, at_optimal))
   return out
 
 
@@ -329,10 +333,12 @@ def observed_leverage(result: fit_lib.FitResult, table, ladder
   return _leverage(result, _models(table), ladder)
 
 
-def _leverage(result, models, ladder) -> dict[int, dict[float, float]]:
-  """`observed_leverage` of `_models` rows."""
+def _model_leverage(result, models, ladder
+                    ) -> dict[int, dict[float, list[tuple[float, float]]]]:
+  """Each G > 1 model's observed EL: {G: {budget: [(N, loss ratio)]}}, G
+  ascending, N ascending."""
   per_g = {}
-  for (c, _, g), exits in models.items():
+  for (c, n, g), exits in models.items():
     if g == 1:
       continue
     rows = [exits[e] for e in sorted(exits)]
@@ -341,9 +347,48 @@ def _leverage(result, models, ladder) -> dict[int, dict[float, float]]:
         rows[0]["tokens"], g, ladder,
         family_loss=float(np.mean([r["loss"] for r in rows])),
         compute_ratio=False)
-    per_g.setdefault(g, {}).setdefault(c, []).append(el["loss_ratio"])
-  return {g: {c: float(np.mean(v)) for c, v in per_g[g].items()}
-          for g in sorted(per_g)}
+    per_g.setdefault(g, {}).setdefault(c, []).append((n, el["loss_ratio"]))
+  return {g: {c: sorted(v) for c, v in per_g[g].items()} for g in sorted(per_g)}
+
+
+def _leverage(result, models, ladder) -> dict[int, dict[float, float]]:
+  """`observed_leverage` of `_models` rows."""
+  return {g: {c: float(np.mean([el for _, el in v])) for c, v in by_c.items()}
+          for g, by_c in _model_leverage(result, models, ladder).items()}
+
+
+def observed_leverage_at_optimum(result: fit_lib.FitResult, table, ladder,
+                                 optimal: dict) -> dict[int, dict[float, float]]:
+  """Observed Efficiency Leverage at the law's compute-optimal size.
+
+  A budget's mean EL (`observed_leverage`) averages a fixed set of sizes,
+  which sit above N* at low budgets and below it at high ones; EL also moves
+  with a model's tokens per parameter. This reads each (G, budget)'s
+  per-model EL at the law's N* instead, linear in log N between the two
+  sampled sizes around it (profiles whose sizes do not bracket N* are left
+  out).
+
+  Args:
+    result: a unified-law fit.
+    table: per-exit loss table with exit and exit_params columns.
+    ladder: the sweep's `ShapeLadder`.
+    optimal: {str(G): {"budget": [...], "params": [N*...]}}, as in
+      `analyse`'s "at_sweep_budgets"/"compute_optimal".
+
+  Returns:
+    {G: {budget: loss ratio at N*}}, G ascending.
+  """
+  out = {}
+  for g, by_c in _model_leverage(result, _models(table), ladder).items():
+    opt = optimal.get(str(g))
+    if opt is None:
+      continue
+    n_star = dict(zip(map(float, opt["budget"]), opt["params"]))
+    for c, pts in sorted(by_c.items()):
+      n, el = np.log([p[0] for p in pts]), [p[1] for p in pts]
+      if c in n_star and len(pts) > 1 and n[0] <= np.log(n_star[c]) <= n[-1]:
+        out.setdefault(g, {})[c] = float(np.interp(np.log(n_star[c]), n, el))
+  return out
 
 
 def seed_spread(report: dict, table, repeats, ladder) -> dict:
@@ -476,6 +521,13 @@ def claims(report: dict, table, ladder) -> list[dict]:
       observed.append(f"G = {g}: " + ", ".join(f"{m:.3f}" for m in means))
       if len(means) > 1:  # the least-squares trend over log C
         observed_falls.append(bool(np.polyfit(np.log(cs), means, 1)[0] < 0))
+    at_opt = observed_leverage_at_optimum(
+        result, table, ladder,
+        a.get("at_sweep_budgets", {}).get("compute_optimal", {}))
+    at_opt_text = "; ".join(
+        f"G = {g}: " + ", ".join(f"{per_c[c]:.3f} ({c:.2g})"
+                                 for c in sorted(per_c))
+        for g, per_c in at_opt.items())
     budgets = sorted({k[0] for k in models})
     # With more than one budget the observed trend must agree with the fit's
     # (the same sign of the slope over log C for every G) for a verdict.
@@ -498,7 +550,10 @@ def claims(report: dict, table, ladder) -> list[dict]:
         "observed": "observed family loss against the law's dense "
                     "alternative, mean per budget ("
                     + ", ".join(f"{c:.2g}" for c in budgets) + "): "
-                    + "; ".join(observed),
+                    + "; ".join(observed)
+                    + (f". At the law's N* (interpolated in log N between "
+                       f"the sizes around it): {at_opt_text}"
+                       if at_opt_text else ""),
         "verdict": verdict})
 
   # 3. Upstream branches do not hurt later exits.
