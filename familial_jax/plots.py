@@ -213,14 +213,15 @@ def branch_law(table, report, path):
 def efficiency_leverage(report, path):
   """EL (loss ratio) against compute for every G > 1: along the fitted law's
   compute-optimal ladder (lines), and the observed families' mean per budget
-  against the law's dense alternative (open markers), where the report has
-  them."""
+  against the law's dense alternative (open markers) and their EL at the
+  law's N* (filled squares), where the report has them."""
   an = report.get("analysis") or {}
   if not an.get("efficiency_leverage"):
     return None
-  fig, ax = plt.subplots(figsize=(4.6, 3.6))
   gs = sorted(an["efficiency_leverage"], key=int)
   observed = an.get("observed_leverage") or {}
+  at_optimum = an.get("observed_leverage_at_optimum") or {}
+  fig, ax = plt.subplots(figsize=(5.2, 4.4) if at_optimum else (4.6, 3.6))
   for color, g in zip(_colors(len(gs)), gs):
     rows = an["efficiency_leverage"][g]
     ax.plot([r["budget"] for r in rows], [r["loss_ratio"] for r in rows],
@@ -228,13 +229,21 @@ def efficiency_leverage(report, path):
     if g in observed:
       ax.plot([r["budget"] for r in observed[g]],
               [r["loss_ratio"] for r in observed[g]], "o--", color=color,
-              mfc="none", label=f"G={g}, observed")
+              mfc="none", label=f"G={g}, observed mean")
+    if at_optimum.get(g):
+      ax.plot([r["budget"] for r in at_optimum[g]],
+              [r["loss_ratio"] for r in at_optimum[g]], "s", color=color,
+              label=f"G={g}, observed at N*")
   ax.axhline(1, color="k", lw=0.6)
   ax.set_xscale("log")
   ax.set_xlabel("C (training FLOPs)")
   ax.set_ylabel("EL = mean dense loss / family loss")
   ax.set_title("Efficiency Leverage")
-  ax.legend(fontsize=6, ncol=2 if observed else 1)
+  if at_optimum:  # 3 entries per G: under the axes
+    ax.legend(fontsize=6, ncol=len(gs), loc="upper center",
+              bbox_to_anchor=(0.5, -0.2))
+  else:
+    ax.legend(fontsize=6, ncol=2 if observed else 1)
   return _save(fig, path)
 
 
