@@ -639,6 +639,12 @@ def test_committed_seed_repeats_give_the_readme_spread():
   assert {g: [round(x, 3) for x in v[1.2e11]]
           for g, v in two["leverage"].items()} == {
               2: [1.048, 1.051], 4: [1.127, 1.133], 8: [1.247, 1.263]}
+  top = report_lib.seed_spread(report, load(), [load("seeds", "seed1_top")],
+                               ladder)
+  assert (top["models"], round(top["log_loss_sd"], 3)) == (8, 0.006)
+  assert {g: [round(x, 3) for x in v[2.88e12]]
+          for g, v in top["leverage"].items()} == {
+              2: [1.077, 1.072], 4: [1.131, 1.121], 8: [1.185, 1.195]}
 
 
 def test_fit_law_binary_bad_input_is_clean(tmp_path):
