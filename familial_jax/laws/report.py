@@ -133,10 +133,10 @@ def analyse(report: dict, table, ladder, budgets, granularities) -> dict:
         str(g): [{"budget": c, "loss_ratio": per_budget[c]}
                  for c in sorted(per_budget)]
         for g, per_budget in per_g.items()}
-    out["observed_leverage"] = as_rows(observed_leverage(result, table,
-                                                         ladder))
+    per_model = _model_leverage(result, _models(table), ladder)
+    out["observed_leverage"] = as_rows(_budget_means(per_model))
     out["observed_leverage_at_optimum"] = as_rows(
-        observed_leverage_at_optimum(result, table, ladder, at_optimal))
+        _at_optimum(per_model, at_optimal))
   return out
 
 
@@ -351,10 +351,15 @@ def _model_leverage(result, models, ladder
   return {g: {c: sorted(v) for c, v in per_g[g].items()} for g in sorted(per_g)}
 
 
+def _budget_means(per_model) -> dict[int, dict[float, float]]:
+  """`_model_leverage` averaged over each budget's models."""
+  return {g: {c: float(np.mean([el for _, el in v])) for c, v in by_c.items()}
+          for g, by_c in per_model.items()}
+
+
 def _leverage(result, models, ladder) -> dict[int, dict[float, float]]:
   """`observed_leverage` of `_models` rows."""
-  return {g: {c: float(np.mean([el for _, el in v])) for c, v in by_c.items()}
-          for g, by_c in _model_leverage(result, models, ladder).items()}
+  return _budget_means(_model_leverage(result, models, ladder))
 
 
 def observed_leverage_at_optimum(result: fit_lib.FitResult, table, ladder,
@@ -378,8 +383,13 @@ def observed_leverage_at_optimum(result: fit_lib.FitResult, table, ladder,
   Returns:
     {G: {budget: loss ratio at N*}}, G ascending.
   """
+  return _at_optimum(_model_leverage(result, _models(table), ladder), optimal)
+
+
+def _at_optimum(per_model, optimal) -> dict[int, dict[float, float]]:
+  """`observed_leverage_at_optimum` of `_model_leverage` rows."""
   out = {}
-  for g, by_c in _model_leverage(result, _models(table), ladder).items():
+  for g, by_c in per_model.items():
     opt = optimal.get(str(g))
     if opt is None:
       continue
@@ -515,15 +525,15 @@ def claims(report: dict, table, ladder) -> list[dict]:
                    f"at C = {c[-1]:.2g} ({far['loss_ratio']:.3f} at "
                    f"{far['budget']:.2g}, extrapolated)")
     observed, observed_falls = [], []
-    for g, per_budget in observed_leverage(result, table, ladder).items():
+    per_model = _model_leverage(result, models, ladder)
+    for g, per_budget in _budget_means(per_model).items():
       cs = sorted(per_budget)
       means = [per_budget[c] for c in cs]
       observed.append(f"G = {g}: " + ", ".join(f"{m:.3f}" for m in means))
       if len(means) > 1:  # the least-squares trend over log C
         observed_falls.append(bool(np.polyfit(np.log(cs), means, 1)[0] < 0))
-    at_opt = observed_leverage_at_optimum(
-        result, table, ladder,
-        a.get("at_sweep_budgets", {}).get("compute_optimal", {}))
+    at_opt = _at_optimum(
+        per_model, a.get("at_sweep_budgets", {}).get("compute_optimal", {}))
     at_opt_text = "; ".join(
         f"G = {g}: " + ", ".join(f"{per_c[c]:.3f} ({c:.2g})"
                                  for c in sorted(per_c))
