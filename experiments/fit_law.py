@@ -18,6 +18,13 @@ between seeds:
 
   python experiments/fit_law.py --input=runs/sweep \
       --repeats=runs/sweep_seed1,runs/sweep_seed2
+
+and with --alternatives (the same points trained with other settings, say
+learning rates) which setting each size prefers, and where each IsoFLOP
+profile's minimum lies with the sweep's setting and with each size's best:
+
+  python experiments/fit_law.py --input=runs/sweep --input_label=lr3e-3 \
+      --alternatives=lr1e-3=runs/sweep_lr1e-3,lr1e-2=runs/sweep_lr1e-2
 """
 
 import hashlib
@@ -61,6 +68,15 @@ _REPEATS = flags.DEFINE_list(
     "directories; all points or some): prints how far the family losses and "
     "the observed Efficiency Leverage move between seeds, next to the "
     "leverage's trend over budgets. Needs --input to be a results directory.")
+_ALTERNATIVES = flags.DEFINE_list(
+    "alternatives", [],
+    "The same sweep's points trained with other settings (say other learning "
+    "rates), as LABEL=PATH (CSV or results directory; a bare PATH is labelled "
+    "by its name): prints per size the setting with the lowest family loss, "
+    "each IsoFLOP profile's minimum with --input's setting and with each "
+    "size's best, and the cost of granularity both ways.")
+_INPUT_LABEL = flags.DEFINE_string(
+    "input_label", "input", "The label of --input's setting (--alternatives).")
 
 
 def _resolve(path: str) -> str:
@@ -102,6 +118,16 @@ def run(argv_input: str, form: str) -> dict:
     report["seed_spread"] = dict(report_lib.seed_spread(
         report, table, [table_lib.load_csv(r) for r in repeats],
         sweep.ladder), repeats=[os.path.abspath(r) for r in repeats])
+  if _ALTERNATIVES.value:
+    tables = {_INPUT_LABEL.value: table}
+    for spec in _ALTERNATIVES.value:
+      label, _, alt = spec.rpartition("=")
+      label = label or os.path.basename(os.path.normpath(alt))
+      if label in tables:
+        raise ValueError(f"--alternatives: the label {label!r} is used twice.")
+      tables[label] = table_lib.load_csv(_resolve(alt))
+    report["setting_check"] = report_lib.setting_check(
+        tables, _INPUT_LABEL.value, report, sweep.ladder if sweep else None)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   report.update(input=os.path.abspath(path), input_sha256=digest,
@@ -124,6 +150,8 @@ def main(argv):
     print(report_lib.format_analysis(report))
   if "seed_spread" in report:
     print(report_lib.format_seed_spread(report["seed_spread"]))
+  if "setting_check" in report:
+    print(report_lib.format_setting_check(report["setting_check"]))
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     tmp = _OUTPUT.value + ".tmp"

@@ -360,6 +360,78 @@ def test_seed_spread_by_hand():
                            [table([(1e14, 1.0)], 3.0, 3.0)], ladder)
 
 
+def test_setting_check_by_hand():
+  """report.setting_check: per size the setting with the lowest family loss
+  (ties to the sweep's own), each profile's minimum with the sweep's setting
+  and with each size's best (a parabola in log N through the lowest point
+  and two neighbours each side, by numpy here), and the family / dense loss
+  ratio at equal depth both ways, over the models every table holds."""
+  from familial_jax.laws import report as report_lib
+  sizes = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5])
+
+  def table(dense, family, n_sizes=5):
+    rows = []
+    for n, d, (f1, f2) in list(zip(sizes, dense, family))[:n_sizes]:
+      rows.append(dict(params=n, tokens=1e12 / (6 * n), loss=d,
+                       granularity=1, budget=1e12, exit=1, exit_params=n))
+      for g, f in ((1, f1), (2, f2)):
+        rows.append(dict(params=n + 64, tokens=0.9e12 / (6 * n), loss=f,
+                         granularity=2, budget=1e12, exit=g,
+                         exit_params=n * g / 2))
+    return {k: np.array([r[k] for r in rows], float) for k in rows[0]}
+
+  ref_dense = [3.0, 2.9, 2.95, 3.1, 3.3]
+  ref_family = [(3.2, 3.0), (3.1, 2.9), (3.0, 2.9), (3.2, 3.1), (3.4, 3.3)]
+  hi_dense = [2.9, 2.85, 2.95, 3.2, 3.4]  # better for the two smallest, a tie
+  hi_family = [(3.2, 3.1), (3.2, 3.0), (3.0, 2.8), (3.3, 3.1), (3.5, 3.3)]
+  check = report_lib.setting_check(
+      {"hi": table(hi_dense, hi_family, n_sizes=4),
+       "ref": table(ref_dense, ref_family)}, "ref")
+  assert check["settings"] == ["ref", "hi"] and check["models"] == 8
+  dense_p, family_p = [p for p in check["profiles"]]
+  assert (dense_p["granularity"], family_p["granularity"]) == (1, 2)
+  assert [s["best"] for s in dense_p["sizes"]] == ["hi", "hi", "ref", "ref"]
+  assert [s["best"] for s in family_p["sizes"]] == ["ref", "ref", "hi", "ref"]
+  assert family_p["sizes"][2]["losses"] == {"ref": 2.95, "hi": 2.9}
+
+  def vertex(y):
+    x, i = np.log(sizes[:4]), int(np.argmin(y))
+    lo, hi = max(0, i - 2), min(4, i + 3)
+    a, b, _ = np.polyfit(x[lo:hi], y[lo:hi], 2)
+    return np.exp(-b / (2 * a))
+
+  tuned = np.minimum(ref_dense[:4], hi_dense[:4])
+  assert dense_p["reference_minimum"]["params"] == pytest.approx(
+      vertex(np.array(ref_dense[:4])), rel=1e-9)
+  assert dense_p["best_minimum"]["params"] == pytest.approx(
+      vertex(tuned), rel=1e-9)
+  assert dense_p["best_minimum"]["params"] < dense_p["reference_minimum"][
+      "params"]
+  assert dense_p["law_params"] is None
+  ref_mean = [np.mean(f) for f in ref_family[:4]]
+  best_mean = [min(np.mean(a), np.mean(b))
+               for a, b in zip(ref_family, hi_family[:4])]
+  cost = check["granularity_cost"][2][1e12]
+  assert cost["reference"] == pytest.approx(
+      np.mean(np.divide(ref_mean, ref_dense[:4])), rel=1e-12)
+  assert cost["best"] == pytest.approx(
+      np.mean(np.divide(best_mean, tuned)), rel=1e-12)
+  text = report_lib.format_setting_check(check)
+  assert "settings: ref (the sweep's), hi; 8 models trained with each" in text
+  assert f"N =    10,000: hi           ref 3.0000, hi 2.9000 (-3.33%)" in text
+  assert (f"family / dense loss at equal depth {cost['reference']:.4f} with "
+          f"ref, {cost['best']:.4f} with each model's best") in text
+  with pytest.raises(ValueError, match="reference 'lr' is not among"):
+    report_lib.setting_check({"ref": table(ref_dense, ref_family)}, "lr")
+  with pytest.raises(ValueError, match="at least one other"):
+    report_lib.setting_check({"ref": table(ref_dense, ref_family)}, "ref")
+  other = table(ref_dense, ref_family)
+  other["budget"] = other["budget"] * 2
+  with pytest.raises(ValueError, match="share no models"):
+    report_lib.setting_check({"ref": table(ref_dense, ref_family),
+                              "x": other}, "ref")
+
+
 def test_efficiency_leverage_by_hand():
   table = synthetic_table()
   result = laws.fit(table, "multiplicative", refine_top=4)
@@ -560,13 +632,31 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   repeat = {k: v[low] for k, v in table.items()}
   repeat["loss"] = repeat["loss"] * 1.01
   _write_csv(tmp_path / "repeat.csv", repeat)
+  # The same points with another setting, 2% better at the smallest size.
+  other = dict(table)
+  smallest = table["params"] < 1.5 * table["params"].min()
+  other["loss"] = np.where(smallest, 0.98, 1.01) * table["loss"]
+  _write_csv(tmp_path / "other.csv", other)
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
        f"--input={committed}", f"--output={out}",
-       f"--repeats={tmp_path / 'repeat.csv'}"],
+       f"--repeats={tmp_path / 'repeat.csv'}", "--input_label=lr1",
+       f"--alternatives=lr2={tmp_path / 'other.csv'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   got = json.loads(out.read_text())
+  check = got["setting_check"]
+  assert check["settings"] == ["lr1", "lr2"]
+  assert check["models"] == len({(c, n, g) for c, n, g in zip(
+      table["budget"], table["params"], table["granularity"])})
+  for profile in check["profiles"]:
+    assert [s["best"] for s in profile["sizes"]] == ["lr2"] + ["lr1"] * (
+        len(profile["sizes"]) - 1)
+    assert profile["law_params"] == pytest.approx(next(
+        r["law_params"] for r in got["analysis"]["isoflop_minima"]
+        if (r["budget"], r["granularity"]) == (profile["budget"],
+                                               profile["granularity"])))
+  assert "settings: lr1 (the sweep's), lr2;" in proc.stdout
   models = len({(n, g) for n, g in zip(repeat["params"],
                                        repeat["granularity"])})
   spread = got["seed_spread"]

@@ -430,8 +430,8 @@ def seed_spread(report: dict, table, repeats, ladder) -> dict:
   if not shared or len(all_models) < 2:
     raise ValueError("seed_spread needs repeats that share models (budget, N "
                      "and G) with the reference table.")
-  logs = np.log([[np.mean([r["loss"] for r in m[k].values()]) for m in
-                  all_models] for k in shared])  # [models, seeds]
+  logs = np.log([[_family_loss(m[k]) for m in all_models]
+                 for k in shared])  # [models, seeds]
   levs = [_leverage(result, {k: m[k] for k in shared}, ladder)
           for m in all_models]
   return {"models": len(shared), "seeds": len(all_models),
@@ -464,6 +464,137 @@ def format_seed_spread(spread: dict) -> str:
         line += (f"; reference seed from C = {cs[0]:.3g} to {cs[-1]:.3g}: "
                  f"{change:+.3f} ({abs(change) / sd:.1f}x this SD)")
       lines.append(line)
+  return "\n".join(lines)
+
+
+def _family_loss(exits: dict) -> float:
+  """A model's family loss: the mean over its exits' rows."""
+  return float(np.mean([r["loss"] for r in exits.values()]))
+
+
+def _minima_of(models: dict) -> list[dict]:
+  """`analysis.isoflop_minima` of `_models` rows."""
+  keys = sorted(models)
+  first = [next(iter(models[k].values())) for k in keys]
+  return analysis.isoflop_minima({
+      "budget": [k[0] for k in keys], "params": [k[1] for k in keys],
+      "granularity": [k[2] for k in keys],
+      "tokens": [r["tokens"] for r in first],
+      "loss": [_family_loss(models[k]) for k in keys]})
+
+
+def _cost_of_granularity(models: dict) -> dict[int, dict[float, float]]:
+  """Mean family / dense loss at equal budget and depth (`_dense_partner`):
+  {G: {budget: ratio}}."""
+  out = {}
+  for key, exits in sorted(models.items()):
+    dense = _dense_partner(models, key) if key[2] > 1 else None
+    if dense is not None:
+      out.setdefault(key[2], {}).setdefault(key[0], []).append(
+          _family_loss(exits) / _family_loss(dense))
+  return {g: {c: float(np.mean(v)) for c, v in by_c.items()}
+          for g, by_c in out.items()}
+
+
+def setting_check(tables: dict, reference: str, report: dict | None = None,
+                  ladder=None) -> dict:
+  """Whether a sweep's one training setting (say its learning rate) decides
+  where its IsoFLOP minima lie and what granularity costs.
+
+  A sweep trains every size with the same hyperparameters; if the best
+  setting differs by size, each profile's minimum moves when every size gets
+  its own best. Given the same models trained with other settings, this
+  compares the models present in every table: per size the setting with the
+  lowest family loss (mean over exits), each profile's minimum
+  (`analysis.isoflop_minima`) with the reference setting throughout and
+  with each size's best, and the mean family / dense loss ratio at equal
+  budget and depth (the cost of granularity) both ways.
+
+  Args:
+    tables: {label: loss table (per-exit rows or family rows)}, the
+      reference among them.
+    reference: the label of the sweep's own setting.
+    report, ladder: optionally `fit_all`'s report of the reference table and
+      the sweep's `ShapeLadder`, to set the law's N* (`law_for_analysis`)
+      beside each profile.
+
+  Returns:
+    {"settings": labels, reference first, "reference": its label, "models":
+    number compared, "profiles": [{"budget", "granularity", "sizes": [{
+    "params", "losses": {label: family loss}, "best": label}] (N ascending),
+    "reference_minimum", "best_minimum": `isoflop_minima` rows, "law_params"
+    (N*, or None)}], "granularity_cost": {G: {budget: {"reference": ratio,
+    "best": ratio}}}}.
+  """
+  if reference not in tables:
+    raise ValueError(f"setting_check: the reference {reference!r} is not "
+                     f"among the tables {sorted(tables)}.")
+  if len(tables) < 2:
+    raise ValueError("setting_check needs the reference and at least one "
+                     "other setting.")
+  form = law_for_analysis(report) if report and ladder is not None else None
+  result = _result(report, form) if form else None
+  labels = [reference] + sorted(k for k in tables if k != reference)
+  models = {s: _models(tables[s]) for s in labels}
+  shared = sorted(set.intersection(*(set(m) for m in models.values())))
+  if not shared:
+    raise ValueError("setting_check: the tables share no models (budget, N "
+                     "and G); they must be runs of the same sweep's points.")
+  loss = {s: {k: _family_loss(models[s][k]) for k in shared} for s in labels}
+  # Ties go to the first label in order, the reference first.
+  best = {k: min(labels, key=lambda s: (loss[s][k], labels.index(s)))
+          for k in shared}
+  ref = {k: models[reference][k] for k in shared}
+  tuned = {k: models[best[k]][k] for k in shared}
+  profiles = []
+  for r_min, b_min in zip(_minima_of(ref), _minima_of(tuned)):
+    c, g = r_min["budget"], r_min["granularity"]
+    sizes = [{"params": k[1], "losses": {s: loss[s][k] for s in labels},
+              "best": best[k]} for k in shared if k[0] == c and k[2] == g]
+    law = None
+    if result is not None:
+      law = float(analysis.compute_optimal(result, c, g, ladder)["params"][0])
+    profiles.append({"budget": c, "granularity": g, "sizes": sizes,
+                     "reference_minimum": r_min, "best_minimum": b_min,
+                     "law_params": law})
+  cost_ref, cost_best = _cost_of_granularity(ref), _cost_of_granularity(tuned)
+  return {"settings": labels, "reference": reference, "models": len(shared),
+          "profiles": profiles,
+          "granularity_cost": {g: {c: {"reference": v, "best": cost_best[g][c]}
+                                   for c, v in by_c.items()}
+                               for g, by_c in cost_ref.items()}}
+
+
+def _minimum_text(row: dict) -> str:
+  return (f"N_min {row['params']:,.0f}" if row["bracketed"]
+          else _unbracketed(row))
+
+
+def format_setting_check(check: dict) -> str:
+  """`setting_check` as text."""
+  ref = check["reference"]
+  lines = [f"settings: {ref} (the sweep's), "
+           + ", ".join(s for s in check["settings"] if s != ref)
+           + f"; {check['models']} models trained with each"]
+  for p in check["profiles"]:
+    lines.append(f"  G = {p['granularity']}, C = {p['budget']:.3g}: the best "
+                 f"setting per size, the family loss of each (the best's "
+                 f"change against {ref}):")
+    lines += [f"    N = {s['params']:>9,.0f}: {s['best']:<12} "
+              + ", ".join(f"{k} {v:.4f}" for k, v in s["losses"].items())
+              + (f" ({s['losses'][s['best']] / s['losses'][ref] - 1:+.2%})"
+                 if s["best"] != ref else "")
+              for s in p["sizes"]]
+    line = (f"    minimum: {_minimum_text(p['reference_minimum'])} with "
+            f"{ref}, {_minimum_text(p['best_minimum'])} with each size's best")
+    if p["law_params"] is not None:
+      line += f" (the law's N* {p['law_params']:,.0f})"
+    lines.append(line)
+  for g, by_c in sorted(check["granularity_cost"].items()):
+    for c, r in sorted(by_c.items()):
+      lines.append(f"  G = {g}, C = {c:.3g}: family / dense loss at equal "
+                   f"depth {r['reference']:.4f} with {ref}, {r['best']:.4f} "
+                   "with each model's best")
   return "\n".join(lines)
 
 
