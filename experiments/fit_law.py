@@ -42,6 +42,7 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags
 
 from familial_jax import isoflop
+from familial_jax import plots
 from familial_jax.laws import report as report_lib
 from familial_jax.laws import table as table_lib
 from familial_jax.laws.fitting import BACKENDS
@@ -75,6 +76,9 @@ _ALTERNATIVES = flags.DEFINE_list(
     "by its name): prints per size the setting with the lowest family loss, "
     "each IsoFLOP profile's minimum with --input's setting and with each "
     "size's best, and the cost of granularity both ways.")
+_SETTING_FIGURE = flags.DEFINE_string(
+    "setting_figure", None,
+    "With --alternatives: draw the profiles of every setting here (PNG).")
 _INPUT_LABEL = flags.DEFINE_string(
     "input_label", "input", "The label of --input's setting (--alternatives).")
 
@@ -152,6 +156,8 @@ def main(argv):
     print(report_lib.format_seed_spread(report["seed_spread"]))
   if "setting_check" in report:
     print(report_lib.format_setting_check(report["setting_check"]))
+    if _SETTING_FIGURE.value:
+      print(f"wrote {plots.setting_check(report['setting_check'], _SETTING_FIGURE.value)}")
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     tmp = _OUTPUT.value + ".tmp"

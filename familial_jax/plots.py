@@ -247,6 +247,60 @@ def efficiency_leverage(report, path):
   return _save(fig, path)
 
 
+def setting_check(check: dict, path):
+  """`laws.report.setting_check` drawn: one panel per IsoFLOP profile (rows
+  G, columns budget), family loss against N for every setting (the sweep's
+  own in black), and each profile's minimum with the sweep's setting (black
+  star) and with each size's best (red star); the law's N* dotted."""
+  profiles = check["profiles"]
+  gs = sorted({p["granularity"] for p in profiles})
+  cs = sorted({p["budget"] for p in profiles})
+  fig, axes = plt.subplots(len(gs), len(cs), figsize=(3.6 * len(cs),
+                                                       2.9 * len(gs)),
+                           sharex=True, squeeze=False)
+  others = [s for s in check["settings"] if s != check["reference"]]
+  colors = dict(zip(others, _colors(len(others))))
+  for ax in axes.flat:
+    ax.set_visible(False)
+  for p in profiles:
+    ax = axes[gs.index(p["granularity"])][cs.index(p["budget"])]
+    ax.set_visible(True)
+    n = [s["params"] for s in p["sizes"]]
+    for setting in check["settings"]:
+      own = setting == check["reference"]
+      ax.plot(n, [s["losses"][setting] for s in p["sizes"]], "o-",
+              color="k" if own else colors[setting], lw=1.6 if own else 1,
+              ms=3, label=setting + (" (sweep)" if own else ""))
+    for key, color in (("reference_minimum", "k"), ("best_minimum", "r")):
+      m = p[key]
+      if m["bracketed"]:
+        ax.plot(m["params"], m["loss"], "*", color=color, ms=11, mec="k",
+                mew=0.5)
+    if p["law_params"]:
+      ax.axvline(p["law_params"], color="0.5", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_title(f"G = {p['granularity']}, C = {p['budget']:.3g}",
+                 fontsize=9)
+  for ax in axes[-1]:
+    ax.set_xlabel("N (non-embedding parameters)")
+  for row in axes:
+    row[0].set_ylabel("family loss (nats/token)")
+  handles, labels = next(ax for ax in axes.flat
+                         if ax.get_visible()).get_legend_handles_labels()
+  handles += [plt.Line2D([], [], marker="*", color=c, ls="", ms=9, mec="k",
+                         mew=0.5) for c in ("k", "r")]
+  labels += [f"minimum, {check['reference']}", "minimum, each size's best"]
+  if any(p["law_params"] for p in profiles):
+    handles.append(plt.Line2D([], [], color="0.5", ls=":"))
+    labels.append("law's N*")
+  fig.legend(handles, labels, fontsize=7, loc="lower center",
+             ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 0))
+  fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(labels) > 4), 1, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def draw_all(table, report, directory) -> dict[str, str]:
   """Every figure into `directory`; returns {title: path}."""
   os.makedirs(directory, exist_ok=True)

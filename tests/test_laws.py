@@ -641,7 +641,8 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
        f"--input={committed}", f"--output={out}",
        f"--repeats={tmp_path / 'repeat.csv'}", "--input_label=lr1",
-       f"--alternatives=lr2={tmp_path / 'other.csv'}"],
+       f"--alternatives=lr2={tmp_path / 'other.csv'}",
+       f"--setting_figure={tmp_path / 'settings.png'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   got = json.loads(out.read_text())
@@ -657,6 +658,7 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
         if (r["budget"], r["granularity"]) == (profile["budget"],
                                                profile["granularity"])))
   assert "settings: lr1 (the sweep's), lr2;" in proc.stdout
+  assert (tmp_path / "settings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   models = len({(n, g) for n, g in zip(repeat["params"],
                                        repeat["granularity"])})
   spread = got["seed_spread"]
