@@ -384,10 +384,20 @@ def test_setting_check_by_hand():
   ref_family = [(3.2, 3.0), (3.1, 2.9), (3.0, 2.9), (3.2, 3.1), (3.4, 3.3)]
   hi_dense = [2.9, 2.85, 2.95, 3.2, 3.4]  # better for the two smallest, a tie
   hi_family = [(3.2, 3.1), (3.2, 3.0), (3.0, 2.8), (3.3, 3.1), (3.5, 3.3)]
+  # "top" trained only the smallest size, and better than "hi" there.
+  top = table([2.8], [(3.0, 2.8)], n_sizes=1)
   check = report_lib.setting_check(
       {"hi": table(hi_dense, hi_family, n_sizes=4),
        "ref": table(ref_dense, ref_family)}, "ref")
   assert check["settings"] == ["ref", "hi"] and check["models"] == 8
+  three = report_lib.setting_check(
+      {"hi": table(hi_dense, hi_family, n_sizes=4),
+       "ref": table(ref_dense, ref_family), "top": top}, "ref")
+  assert three["models"] == 8
+  assert [s["best"] for p in three["profiles"] for s in p["sizes"]] == [
+      "top", "hi", "ref", "ref", "top", "ref", "hi", "ref"]
+  assert three["profiles"][0]["sizes"][1]["losses"] == {"ref": 2.9,
+                                                        "hi": 2.85}
   dense_p, family_p = [p for p in check["profiles"]]
   assert (dense_p["granularity"], family_p["granularity"]) == (1, 2)
   assert [s["best"] for s in dense_p["sizes"]] == ["hi", "hi", "ref", "ref"]
@@ -417,7 +427,8 @@ def test_setting_check_by_hand():
   assert cost["best"] == pytest.approx(
       np.mean(np.divide(best_mean, tuned)), rel=1e-12)
   text = report_lib.format_setting_check(check)
-  assert "settings: ref (the sweep's), hi; 8 models trained with each" in text
+  assert ("settings: ref (the sweep's), hi; 8 models trained with the first "
+          "and at least one other") in text
   assert f"N =    10,000: hi           ref 3.0000, hi 2.9000 (-3.33%)" in text
   assert (f"family / dense loss at equal depth {cost['reference']:.4f} with "
           f"ref, {cost['best']:.4f} with each model's best") in text
@@ -427,7 +438,7 @@ def test_setting_check_by_hand():
     report_lib.setting_check({"ref": table(ref_dense, ref_family)}, "ref")
   other = table(ref_dense, ref_family)
   other["budget"] = other["budget"] * 2
-  with pytest.raises(ValueError, match="share no models"):
+  with pytest.raises(ValueError, match="share no models .* with the reference"):
     report_lib.setting_check({"ref": table(ref_dense, ref_family),
                               "x": other}, "ref")
 

@@ -503,9 +503,11 @@ def setting_check(tables: dict, reference: str, report: dict | None = None,
 
   A sweep trains every size with the same hyperparameters; if the best
   setting differs by size, each profile's minimum moves when every size gets
-  its own best. Given the same models trained with other settings, this
-  compares the models present in every table: per size the setting with the
-  lowest family loss (mean over exits), each profile's minimum
+  its own best. Given some of the same models trained with other settings,
+  this compares the reference's models that at least one other table also
+  has (the settings tried may differ by budget): per size the setting with
+  the lowest family loss (mean over exits) among those that trained it, each
+  profile's minimum
   (`analysis.isoflop_minima`) with the reference setting throughout and
   with each size's best, and the mean family / dense loss ratio at equal
   budget and depth (the cost of granularity) both ways.
@@ -521,7 +523,8 @@ def setting_check(tables: dict, reference: str, report: dict | None = None,
   Returns:
     {"settings": labels, reference first, "reference": its label, "models":
     number compared, "profiles": [{"budget", "granularity", "sizes": [{
-    "params", "losses": {label: family loss}, "best": label}] (N ascending),
+    "params", "losses": {label: family loss of each setting that trained
+    it}, "best": label}] (N ascending),
     "reference_minimum", "best_minimum": `isoflop_minima` rows, "law_params"
     (N*, or None)}], "granularity_cost": {G: {budget: {"reference": ratio,
     "best": ratio}}}}.
@@ -536,20 +539,24 @@ def setting_check(tables: dict, reference: str, report: dict | None = None,
   result = _result(report, form) if form else None
   labels = [reference] + sorted(k for k in tables if k != reference)
   models = {s: _models(tables[s]) for s in labels}
-  shared = sorted(set.intersection(*(set(m) for m in models.values())))
+  shared = sorted(set(models[reference]).intersection(
+      set().union(*(models[s] for s in labels[1:]))))
   if not shared:
-    raise ValueError("setting_check: the tables share no models (budget, N "
-                     "and G); they must be runs of the same sweep's points.")
-  loss = {s: {k: _family_loss(models[s][k]) for k in shared} for s in labels}
+    raise ValueError("setting_check: the other tables share no models "
+                     "(budget, N and G) with the reference; they must be runs "
+                     "of the same sweep's points.")
+  loss = {s: {k: _family_loss(models[s][k]) for k in shared
+              if k in models[s]} for s in labels}
   # Ties go to the first label in order, the reference first.
-  best = {k: min(labels, key=lambda s: (loss[s][k], labels.index(s)))
-          for k in shared}
+  best = {k: min((s for s in labels if k in loss[s]),
+                 key=lambda s: (loss[s][k], labels.index(s))) for k in shared}
   ref = {k: models[reference][k] for k in shared}
   tuned = {k: models[best[k]][k] for k in shared}
   profiles = []
   for r_min, b_min in zip(_minima_of(ref), _minima_of(tuned)):
     c, g = r_min["budget"], r_min["granularity"]
-    sizes = [{"params": k[1], "losses": {s: loss[s][k] for s in labels},
+    sizes = [{"params": k[1], "losses": {s: loss[s][k] for s in labels
+                                         if k in loss[s]},
               "best": best[k]} for k in shared if k[0] == c and k[2] == g]
     law = None
     if result is not None:
@@ -575,7 +582,8 @@ def format_setting_check(check: dict) -> str:
   ref = check["reference"]
   lines = [f"settings: {ref} (the sweep's), "
            + ", ".join(s for s in check["settings"] if s != ref)
-           + f"; {check['models']} models trained with each"]
+           + f"; {check['models']} models trained with the first and at least "
+           "one other"]
   for p in check["profiles"]:
     lines.append(f"  G = {p['granularity']}, C = {p['budget']:.3g}: the best "
                  f"setting per size, the family loss of each (the best's "
