@@ -79,6 +79,11 @@ _ALTERNATIVES = flags.DEFINE_list(
 _SETTING_FIGURE = flags.DEFINE_string(
     "setting_figure", None,
     "With --alternatives: draw the profiles of every setting here (PNG).")
+_REFERENCE = flags.DEFINE_string(
+    "reference", None,
+    "With --alternatives: compare against this one of them (say the input's "
+    "setting rerun with the same data order as the others) instead of "
+    "--input, which then only gives the law's N*.")
 _INPUT_LABEL = flags.DEFINE_string(
     "input_label", "input", "The label of --input's setting (--alternatives).")
 
@@ -123,15 +128,19 @@ def run(argv_input: str, form: str) -> dict:
         report, table, [table_lib.load_csv(r) for r in repeats],
         sweep.ladder), repeats=[os.path.abspath(r) for r in repeats])
   if _ALTERNATIVES.value:
-    tables = {_INPUT_LABEL.value: table}
+    reference = _REFERENCE.value or _INPUT_LABEL.value
+    tables = {} if _REFERENCE.value else {_INPUT_LABEL.value: table}
     for spec in _ALTERNATIVES.value:
       label, _, alt = spec.rpartition("=")
       label = label or os.path.basename(os.path.normpath(alt))
       if label in tables:
         raise ValueError(f"--alternatives: the label {label!r} is used twice.")
       tables[label] = table_lib.load_csv(_resolve(alt))
+    if reference not in tables:
+      raise ValueError(f"--reference={reference} is not a label of "
+                       f"--alternatives ({sorted(tables)}).")
     report["setting_check"] = report_lib.setting_check(
-        tables, _INPUT_LABEL.value, report, sweep.ladder if sweep else None)
+        tables, reference, report, sweep.ladder if sweep else None)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   report.update(input=os.path.abspath(path), input_sha256=digest,

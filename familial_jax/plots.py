@@ -249,8 +249,8 @@ def efficiency_leverage(report, path):
 
 def setting_check(check: dict, path):
   """`laws.report.setting_check` drawn: one panel per IsoFLOP profile (rows
-  G, columns budget), family loss against N for every setting (the sweep's
-  own in black), and each profile's minimum with the sweep's setting (black
+  G, columns budget), family loss against N for every setting at the sizes
+  it trained (the sweep's own in black), and each profile's minimum with the sweep's setting (black
   star) and with each size's best (red star); the law's N* dotted."""
   profiles = check["profiles"]
   gs = sorted({p["granularity"] for p in profiles})
@@ -265,10 +265,11 @@ def setting_check(check: dict, path):
   for p in profiles:
     ax = axes[gs.index(p["granularity"])][cs.index(p["budget"])]
     ax.set_visible(True)
-    n = [s["params"] for s in p["sizes"]]
     for setting in check["settings"]:
       own = setting == check["reference"]
-      ax.plot(n, [s["losses"][setting] for s in p["sizes"]], "o-",
+      points = [(s["params"], s["losses"][setting]) for s in p["sizes"]
+                if setting in s["losses"]]  # not every setting, every size
+      ax.plot(*zip(*points) if points else ([], []), "o-",
               color="k" if own else colors[setting], lw=1.6 if own else 1,
               ms=3, label=setting + (" (sweep)" if own else ""))
     for key, color in (("reference_minimum", "k"), ("best_minimum", "r")):

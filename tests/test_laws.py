@@ -360,7 +360,7 @@ def test_seed_spread_by_hand():
                            [table([(1e14, 1.0)], 3.0, 3.0)], ladder)
 
 
-def test_setting_check_by_hand():
+def test_setting_check_by_hand(tmp_path):
   """report.setting_check: per size the setting with the lowest family loss
   (ties to the sweep's own), each profile's minimum with the sweep's setting
   and with each size's best (a parabola in log N through the lowest point
@@ -398,6 +398,9 @@ def test_setting_check_by_hand():
       "top", "hi", "ref", "ref", "top", "ref", "hi", "ref"]
   assert three["profiles"][0]["sizes"][1]["losses"] == {"ref": 2.9,
                                                         "hi": 2.85}
+  from familial_jax import plots
+  path = plots.setting_check(three, str(tmp_path / "three.png"))
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   dense_p, family_p = [p for p in check["profiles"]]
   assert (dense_p["granularity"], family_p["granularity"]) == (1, 2)
   assert [s["best"] for s in dense_p["sizes"]] == ["hi", "hi", "ref", "ref"]
@@ -651,8 +654,8 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
        f"--input={committed}", f"--output={out}",
-       f"--repeats={tmp_path / 'repeat.csv'}", "--input_label=lr1",
-       f"--alternatives=lr2={tmp_path / 'other.csv'}",
+       f"--repeats={tmp_path / 'repeat.csv'}", "--reference=lr1",
+       f"--alternatives=lr1={committed},lr2={tmp_path / 'other.csv'}",
        f"--setting_figure={tmp_path / 'settings.png'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
@@ -748,6 +751,48 @@ def test_committed_seed_repeats_give_the_readme_spread():
   assert {g: [round(x, 3) for x in v[2.88e12]]
           for g, v in top["leverage"].items()} == {
               2: [1.077, 1.072], 4: [1.131, 1.121], 8: [1.185, 1.195]}
+
+
+def test_committed_learning_rate_check_gives_the_readme_numbers():
+  """The committed learning-rate repeats of cpu_large (lr/) give what
+  experiments/results/cpu_large/lr/README.md and the README quote: each
+  size's best rate, the minima with the sweep's rate and with each size's
+  best, and the G = 4 family / dense ratio both ways."""
+  from familial_jax import isoflop
+  from familial_jax.laws import report as report_lib
+  root = os.path.join(REPO, "experiments", "results", "cpu_large")
+  with open(os.path.join(root, "fits.json")) as f:
+    report = json.load(f)
+  with open(os.path.join(root, "plan.json")) as f:
+    ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
+  rates = ("3e-3", "1.5e-3", "6e-3", "1.2e-2", "2.4e-2")
+  tables = {lr: laws.table.load_csv(os.path.join(root, "lr", f"lr{lr}",
+                                                 "results.csv"))
+            for lr in rates}
+  check = report_lib.setting_check(tables, "3e-3", report, ladder)
+  assert check["models"] == 26
+  best = {(p["granularity"], p["budget"]): [s["best"] for s in p["sizes"]]
+          for p in check["profiles"]}
+  assert best == {
+      (1, 3.6e11): ["1.2e-2", "6e-3", "6e-3", "1.2e-2", "1.2e-2", "1.2e-2",
+                    "1.2e-2"],
+      (1, 1.44e12): ["6e-3", "1.2e-2", "6e-3", "1.2e-2", "6e-3", "6e-3"],
+      (4, 3.6e11): ["2.4e-2", "1.2e-2", "2.4e-2", "2.4e-2", "1.2e-2",
+                    "1.2e-2", "2.4e-2"],
+      (4, 1.44e12): ["1.2e-2", "1.2e-2", "1.2e-2", "1.2e-2", "6e-3", "6e-3"]}
+  gains = [s["losses"][s["best"]] / s["losses"]["3e-3"] - 1
+           for p in check["profiles"] for s in p["sizes"]]
+  assert (round(100 * min(gains), 1), round(100 * max(gains), 1)) == (-11.0,
+                                                                   -0.7)
+  minima = {(p["granularity"], p["budget"]): tuple(
+      round(p[k]["params"] / 1e3, 1) for k in ("reference_minimum",
+                                                "best_minimum"))
+            for p in check["profiles"]}
+  assert minima == {(1, 3.6e11): (26.0, 35.3), (1, 1.44e12): (85.7, 105.3),
+                    (4, 3.6e11): (28.7, 43.0), (4, 1.44e12): (127.1, 115.4)}
+  assert {c: (round(r["reference"], 3), round(r["best"], 3))
+          for c, r in check["granularity_cost"][4].items()} == {
+              3.6e11: (1.065, 1.049), 1.44e12: (1.081, 1.06)}
 
 
 def test_fit_law_binary_bad_input_is_clean(tmp_path):
