@@ -25,6 +25,9 @@ profile's minimum lies with the sweep's setting and with each size's best:
 
   python experiments/fit_law.py --input=runs/sweep --input_label=lr3e-3 \
       --alternatives=lr1e-3=runs/sweep_lr1e-3,lr1e-2=runs/sweep_lr1e-2
+
+(--reference=LABEL compares against one of the alternatives instead, say the
+sweep's setting rerun with the others' data order; --setting_figure draws it.)
 """
 
 import hashlib
@@ -166,7 +169,9 @@ def main(argv):
   if "setting_check" in report:
     print(report_lib.format_setting_check(report["setting_check"]))
     if _SETTING_FIGURE.value:
-      print(f"wrote {plots.setting_check(report['setting_check'], _SETTING_FIGURE.value)}")
+      path = plots.setting_check(report["setting_check"],
+                                 _SETTING_FIGURE.value)
+      print(f"wrote {path}")
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     tmp = _OUTPUT.value + ".tmp"

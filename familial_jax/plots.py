@@ -250,8 +250,9 @@ def efficiency_leverage(report, path):
 def setting_check(check: dict, path):
   """`laws.report.setting_check` drawn: one panel per IsoFLOP profile (rows
   G, columns budget), family loss against N for every setting at the sizes
-  it trained (the sweep's own in black), and each profile's minimum with the sweep's setting (black
-  star) and with each size's best (red star); the law's N* dotted."""
+  it trained (the sweep's own in black), and each profile's minimum with
+  the sweep's setting (black star) and with each size's best (red star);
+  the law's N* dotted."""
   profiles = check["profiles"]
   gs = sorted({p["granularity"] for p in profiles})
   cs = sorted({p["budget"] for p in profiles})

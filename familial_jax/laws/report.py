@@ -507,14 +507,15 @@ def setting_check(tables: dict, reference: str, report: dict | None = None,
   this compares the reference's models that at least one other table also
   has (the settings tried may differ by budget): per size the setting with
   the lowest family loss (mean over exits) among those that trained it, each
-  profile's minimum
-  (`analysis.isoflop_minima`) with the reference setting throughout and
-  with each size's best, and the mean family / dense loss ratio at equal
-  budget and depth (the cost of granularity) both ways.
+  profile's minimum (`analysis.isoflop_minima`) with the reference setting
+  throughout and with each size's best, and the mean family / dense loss
+  ratio at equal budget and depth (the cost of granularity) both ways, each
+  model at its own best setting.
 
   Args:
     tables: {label: loss table (per-exit rows or family rows)}, the
-      reference among them.
+      reference among them; the others keep their order (ties go to the
+      reference, then to the first).
     reference: the label of the sweep's own setting.
     report, ladder: optionally `fit_all`'s report of the reference table and
       the sweep's `ShapeLadder`, to set the law's N* (`law_for_analysis`)
@@ -524,10 +525,9 @@ def setting_check(tables: dict, reference: str, report: dict | None = None,
     {"settings": labels, reference first, "reference": its label, "models":
     number compared, "profiles": [{"budget", "granularity", "sizes": [{
     "params", "losses": {label: family loss of each setting that trained
-    it}, "best": label}] (N ascending),
-    "reference_minimum", "best_minimum": `isoflop_minima` rows, "law_params"
-    (N*, or None)}], "granularity_cost": {G: {budget: {"reference": ratio,
-    "best": ratio}}}}.
+    it}, "best": label}] (N ascending), "reference_minimum", "best_minimum":
+    `isoflop_minima` rows, "law_params" (N*, or None)}], "granularity_cost":
+    {G: {budget: {"reference": ratio, "best": ratio}}}}.
   """
   if reference not in tables:
     raise ValueError(f"setting_check: the reference {reference!r} is not "
@@ -537,7 +537,7 @@ def setting_check(tables: dict, reference: str, report: dict | None = None,
                      "other setting.")
   form = law_for_analysis(report) if report and ladder is not None else None
   result = _result(report, form) if form else None
-  labels = [reference] + sorted(k for k in tables if k != reference)
+  labels = [reference] + [k for k in tables if k != reference]
   models = {s: _models(tables[s]) for s in labels}
   shared = sorted(set(models[reference]).intersection(
       set().union(*(models[s] for s in labels[1:]))))
