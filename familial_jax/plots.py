@@ -27,8 +27,8 @@ def _colors(n):
   return plt.cm.viridis(np.linspace(0, 0.9, max(n, 1)))
 
 
-def _save(fig, path):
-  fig.tight_layout()
+def _save(fig, path, rect=None):
+  fig.tight_layout(rect=rect)
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
@@ -297,10 +297,7 @@ def setting_check(check: dict, path):
     labels.append("law's N*")
   fig.legend(handles, labels, fontsize=7, loc="lower center",
              ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 0))
-  fig.tight_layout(rect=(0, 0.06 + 0.04 * (len(labels) > 4), 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path, rect=(0, 0.06 + 0.04 * (len(labels) > 4), 1, 1))
 
 
 def draw_all(table, report, directory) -> dict[str, str]:

@@ -305,6 +305,11 @@ def _models(table) -> dict:
   return models
 
 
+def _family_loss(exits: dict) -> float:
+  """A model's family loss: the mean over its exits' rows."""
+  return float(np.mean([r["loss"] for r in exits.values()]))
+
+
 def _dense_partner(models, key, rtol=0.01):
   """The G = 1 model of the same budget whose N is within rtol of key's N
   (one depth: a family's N exceeds the dense N only by its exit norms)."""
@@ -345,7 +350,7 @@ def _model_leverage(result, models, ladder
     el = analysis.efficiency_leverage(
         result, rows[0]["params"], [r["exit_params"] for r in rows],
         rows[0]["tokens"], g, ladder,
-        family_loss=float(np.mean([r["loss"] for r in rows])),
+        family_loss=_family_loss(exits),
         compute_ratio=False)
     per_g.setdefault(g, {}).setdefault(c, []).append((n, el["loss_ratio"]))
   return {g: {c: sorted(v) for c, v in per_g[g].items()} for g in sorted(per_g)}
@@ -467,11 +472,6 @@ def format_seed_spread(spread: dict) -> str:
   return "\n".join(lines)
 
 
-def _family_loss(exits: dict) -> float:
-  """A model's family loss: the mean over its exits' rows."""
-  return float(np.mean([r["loss"] for r in exits.values()]))
-
-
 def _minima_of(models: dict) -> list[dict]:
   """`analysis.isoflop_minima` of `_models` rows."""
   keys = sorted(models)
@@ -483,17 +483,22 @@ def _minima_of(models: dict) -> list[dict]:
       "loss": [_family_loss(models[k]) for k in keys]})
 
 
-def _cost_of_granularity(models: dict) -> dict[int, dict[float, float]]:
-  """Mean family / dense loss at equal budget and depth (`_dense_partner`):
-  {G: {budget: ratio}}."""
+def _granularity_ratios(models: dict) -> dict[int, dict[float, list[float]]]:
+  """Each G > 1 model's family loss over its dense partner's (same budget
+  and depth, `_dense_partner`): {G: {budget: [ratio]}}, in `models` order."""
   out = {}
-  for key, exits in sorted(models.items()):
+  for key, exits in models.items():
     dense = _dense_partner(models, key) if key[2] > 1 else None
     if dense is not None:
       out.setdefault(key[2], {}).setdefault(key[0], []).append(
           _family_loss(exits) / _family_loss(dense))
+  return out
+
+
+def _cost_of_granularity(models: dict) -> dict[int, dict[float, float]]:
+  """`_granularity_ratios` averaged per budget: {G: {budget: ratio}}."""
   return {g: {c: float(np.mean(v)) for c, v in by_c.items()}
-          for g, by_c in out.items()}
+          for g, by_c in _granularity_ratios(models).items()}
 
 
 def setting_check(tables: dict, reference: str, report: dict | None = None,
@@ -620,6 +625,7 @@ def claims(report: dict, table, ladder) -> list[dict]:
   models = _models(table)
   partners = {k: _dense_partner(models, k) for k in models if k[2] > 1}
   dense = {k: v for k, v in partners.items() if v is not None}
+  by_budget = _granularity_ratios(models)
   deepest = {k: models[k][max(models[k])] for k in dense}
   gs = sorted({k[2] for k in models if k[2] > 1})
 
@@ -630,10 +636,8 @@ def claims(report: dict, table, ladder) -> list[dict]:
     lo, hi = entry.get("bootstrap", {}).get("intervals", {}).get(
         "gamma", (float("nan"), float("nan")))
     g_max = max(gs) if gs else 1
-    ratios = {g: [] for g in gs}
-    for key, partner in dense.items():
-      fam = np.mean([r["loss"] for r in models[key].values()])
-      ratios[key[2]].append(fam / partner[1]["loss"])
+    ratios = {g: [r for rs in by_budget.get(g, {}).values() for r in rs]
+              for g in gs}
     observed = "; ".join(
         f"G = {g}: family/dense loss {np.mean(r):.3f} (range {np.min(r):.3f} "
         f"to {np.max(r):.3f}, {len(r)} pairs)" for g, r in ratios.items() if r)
