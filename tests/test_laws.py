@@ -793,6 +793,22 @@ def test_committed_learning_rate_check_gives_the_readme_numbers():
   assert {c: (round(r["reference"], 3), round(r["best"], 3))
           for c, r in check["granularity_cost"][4].items()} == {
               3.6e11: (1.065, 1.049), 1.44e12: (1.081, 1.059)}
+  # The READMEs quote these: the minima table and the ratios.
+  with open(os.path.join(root, "lr", "README.md")) as f:
+    lr_readme = f.read()
+  with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+  for p in check["profiles"]:
+    row = (f"| {p['granularity']} | {p['budget']:.3g}".replace("+", "")
+           + " | " + " | ".join(f"{p[k]['params'] / 1e3:.1f}k" for k in (
+               "reference_minimum", "best_minimum"))
+           + f" | {p['law_params'] / 1e3:.1f}k |")
+    assert row in lr_readme, row
+  cost = check["granularity_cost"][4]
+  assert (f"falls from {cost[3.6e11]['reference']:.3f} to "
+          f"{cost[3.6e11]['best']:.3f}\n  (3.6e11) and from "
+          f"{cost[1.44e12]['reference']:.3f} to {cost[1.44e12]['best']:.3f} "
+          "(1.44e12)") in readme
 
 
 def test_fit_law_binary_bad_input_is_clean(tmp_path):
