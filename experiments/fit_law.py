@@ -157,6 +157,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _INPUT.value:
     raise app.UsageError("--input is required (a CSV or a results directory).")
+  # Checked before the fit, so that a mistyped command fails in a second.
+  if not _ALTERNATIVES.value:
+    for name in ("setting_figure", "reference", "input_label"):
+      if flags.FLAGS[name].present:
+        raise app.UsageError(f"--{name} only applies with --alternatives.")
+  elif _REFERENCE.value and flags.FLAGS["input_label"].present:
+    raise app.UsageError("--input_label has no use with --reference: the "
+                         "input then only gives the law's N*.")
   try:
     report = run(_INPUT.value, _FORM.value)
   except ValueError as e:

@@ -834,6 +834,29 @@ def test_fit_law_binary_unknown_form(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("flags_given, message", [
+    (["--setting_figure=x.png"], "--setting_figure only applies with "
+     "--alternatives"),
+    (["--reference=lr1"], "--reference only applies with --alternatives"),
+    (["--input_label=lr1"], "--input_label only applies with --alternatives"),
+    (["--alternatives=lr2=PATH", "--reference=lr2", "--input_label=lr1"],
+     "--input_label has no use with --reference"),
+])
+def test_fit_law_binary_setting_flags_need_alternatives(tmp_path, flags_given,
+                                                        message):
+  """Flags of the setting check are refused, before any fit, when they
+  would be ignored."""
+  path = tmp_path / "losses.csv"
+  _write_csv(path, synthetic_table())
+  flags_given = [f.replace("PATH", str(path)) for f in flags_given]
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={path}", "--bootstrap=0", *flags_given],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+  assert "Traceback" not in proc.stderr and not proc.stdout
+
+
 def test_claims_check_against_hand_computed_ratios():
   """report.claims pairs models of one budget and depth and computes the
   observed ratios by hand-checkable arithmetic; verdicts follow thresholds."""
