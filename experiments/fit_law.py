@@ -28,8 +28,11 @@ profile's minimum lies with the sweep's setting and with each size's best:
 
 (--reference=LABEL compares against one of the alternatives instead, say the
 sweep's setting rerun with the others' data order; --setting_figure draws it.)
+--budgets=4e10,1.2e11,... fits only those budgets' points, say to compare with
+a sweep that ran fewer of them.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,6 +46,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
+import numpy as np
 
 from familial_jax import isoflop
 from familial_jax import plots
@@ -87,6 +91,12 @@ _REFERENCE = flags.DEFINE_string(
     "With --alternatives: compare against this one of them (say the input's "
     "setting rerun with the same data order as the others) instead of "
     "--input, which then only gives the law's N*.")
+_BUDGETS = flags.DEFINE_list(
+    "budgets", [],
+    "Fit only --input's points of these budgets (say 4e10,1.2e11), to compare "
+    "with a sweep of fewer budgets or to fit low budgets and look at the "
+    "high ones. Budgets are the budget column's (else 6ND, on a 0.05-decade "
+    "grid).")
 _INPUT_LABEL = flags.DEFINE_string(
     "input_label", "input", "The label of --input's setting (--alternatives).")
 
@@ -109,10 +119,31 @@ def _sweep_of(path: str):
   return isoflop.sweep_from_dict(recorded) if recorded else None
 
 
+def _only_budgets(table, sweep, wanted: list[str]):
+  """The table's rows of the wanted budgets, and the sweep cut to them."""
+  try:
+    wanted = sorted(float(b) for b in wanted)
+  except ValueError:
+    raise ValueError(f"--budgets: {wanted} are not all numbers.") from None
+  have = np.unique(table_lib.budgets_of(table))
+  for b in wanted:
+    if not np.isclose(have, b, rtol=1e-3).any():
+      raise ValueError(f"--budgets: no point has budget {b:g}; the input's "
+                       f"budgets are {', '.join(f'{h:g}' for h in have)}.")
+  keep = np.isclose(table_lib.budgets_of(table)[:, None], wanted,
+                    rtol=1e-3).any(1)
+  if sweep is not None:
+    sweep = dataclasses.replace(sweep, budgets=tuple(
+        c for c in sweep.budgets if np.isclose(c, wanted, rtol=1e-3).any()))
+  return table_lib.select(table, keep), sweep
+
+
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
   sweep = _sweep_of(argv_input)
+  if _BUDGETS.value:
+    table, sweep = _only_budgets(table, sweep, _BUDGETS.value)
   if _REPEATS.value and (sweep is None or form != "all"):
     raise ValueError("--repeats needs --form=all and an --input results "
                      "directory whose plan.json records the sweep.")
@@ -146,6 +177,8 @@ def run(argv_input: str, form: str) -> dict:
         tables, reference, report, sweep.ladder if sweep else None)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
+  if _BUDGETS.value:
+    report["budgets"] = sorted(np.unique(table_lib.budgets_of(table)).tolist())
   report.update(input=os.path.abspath(path), input_sha256=digest,
                 n_rows=len(table["loss"]), huber_delta=_DELTA.value,
                 seconds=round(time.time() - start, 2))

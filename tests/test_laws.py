@@ -857,6 +857,39 @@ def test_fit_law_binary_setting_flags_need_alternatives(tmp_path, flags_given,
   assert "Traceback" not in proc.stderr and not proc.stdout
 
 
+def test_fit_law_binary_budgets_fits_only_those(tmp_path):
+  """--budgets fits the rows of those budgets only: the same numbers as the
+  library's fit of the table cut by hand; an absent budget is an error."""
+  from familial_jax.laws import report as report_lib
+  committed = os.path.join(REPO, "experiments", "results", "tiny_cpu")
+  table = laws.table.load_csv(os.path.join(committed, "results.csv"))
+  low = np.sort(np.unique(table["budget"]))[:2]
+  out = tmp_path / "fit.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={committed}", "--bootstrap=0", "--form=multiplicative",
+       "--budgets=" + ",".join(f"{c:g}" for c in low), f"--output={out}"],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads(out.read_text())
+  assert got["budgets"] == pytest.approx(low.tolist())
+  assert "fitted to the points of budgets 1.5e+10, 4.5e+10 only" in proc.stdout
+  keep = np.isin(table["budget"], low)
+  assert got["n_rows"] == keep.sum() < len(keep)
+  want = report_lib.fit_all({k: v[keep] for k, v in table.items()},
+                            ["multiplicative"], 1e-3, 0)
+  for k, v in want["fits"]["multiplicative"]["params"].items():
+    assert got["fits"]["multiplicative"]["params"][k] == pytest.approx(
+        v, rel=1e-9, abs=1e-12), k
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={committed}", "--bootstrap=0", "--budgets=1e11"],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert ("--budgets: no point has budget 1e+11; the input's budgets are "
+          "1.5e+10, 4.5e+10, 1.35e+11.") in proc.stderr
+
+
 def test_claims_check_against_hand_computed_ratios():
   """report.claims pairs models of one budget and depth and computes the
   observed ratios by hand-checkable arithmetic; verdicts follow thresholds."""

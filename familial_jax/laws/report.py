@@ -185,6 +185,9 @@ def _tie_note(report: dict) -> str:
 def format_report(report: dict) -> str:
   """Plain-text table of every fit."""
   lines = []
+  if report.get("budgets"):
+    lines.append("fitted to the points of budgets "
+                 + ", ".join(f"{c:g}" for c in report["budgets"]) + " only")
   for name, entry in report["fits"].items():
     held = entry.get("heldout_rmse_log")
     lines.append(
