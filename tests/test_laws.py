@@ -765,7 +765,7 @@ def test_committed_learning_rate_check_gives_the_readme_numbers():
     report = json.load(f)
   with open(os.path.join(root, "plan.json")) as f:
     ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
-  rates = ("3e-3", "1.5e-3", "6e-3", "1.2e-2", "2.4e-2")
+  rates = ("3e-3", "1.5e-3", "6e-3", "1.2e-2", "2.4e-2", "4.8e-2")
   tables = {lr: laws.table.load_csv(os.path.join(root, "lr", f"lr{lr}",
                                                  "results.csv"))
             for lr in rates}
@@ -780,6 +780,12 @@ def test_committed_learning_rate_check_gives_the_readme_numbers():
       (4, 3.6e11): ["2.4e-2", "1.2e-2", "2.4e-2", "2.4e-2", "1.2e-2",
                     "1.2e-2", "2.4e-2"],
       (4, 1.44e12): ["1.2e-2", "1.2e-2", "2.4e-2", "1.2e-2", "6e-3", "6e-3"]}
+  # The grid is closed at the top: no size is best at the highest rate it
+  # was trained with (2.4e-2 for G = 1, 4.8e-2 for G = 4).
+  for p in check["profiles"]:
+    top = "4.8e-2" if p["granularity"] == 4 else "2.4e-2"
+    for s in p["sizes"]:
+      assert max(s["losses"], key=float) == top and s["best"] != top
   gains = [s["losses"][s["best"]] / s["losses"]["3e-3"] - 1
            for p in check["profiles"] for s in p["sizes"]]
   assert (round(100 * min(gains), 1), round(100 * max(gains), 1)) == (-11.0,
