@@ -295,9 +295,12 @@ def setting_check(check: dict, path):
   if any(p["law_params"] for p in profiles):
     handles.append(plt.Line2D([], [], color="0.5", ls=":"))
     labels.append("law's N*")
-  fig.legend(handles, labels, fontsize=7, loc="lower center",
-             ncol=min(len(labels), 4), bbox_to_anchor=(0.5, 0))
-  return _save(fig, path, rect=(0, 0.06 + 0.04 * (len(labels) > 4), 1, 1))
+  ncol = min(len(labels), 4)
+  fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=ncol,
+             bbox_to_anchor=(0.5, 0))
+  rows = -(-len(labels) // ncol)  # the legend's height is in inches
+  bottom = (0.12 + 0.16 * rows) / fig.get_figheight()
+  return _save(fig, path, rect=(0, bottom, 1, 1))
 
 
 def draw_all(table, report, directory) -> dict[str, str]:

@@ -710,6 +710,90 @@ def test_fit_law_reproduces_the_committed_cpu_large_fit(tmp_path):
   assert f"{fit['heldout_rmse_log']:.4f} (selected" in readme
 
 
+_FIVE_BUDGETS = "4e10,1.2e11,3.6e11,7.2e11,1.44e12"
+
+
+@pytest.mark.slow
+def test_fit_law_reproduces_the_committed_lr1_2e_2_fits(tmp_path):
+  """The cpu_large sweep at 1.2e-2 and its 3e-3 baseline (the committed
+  sweep cut to the same five budgets by --budgets) reprint their committed
+  fits (about 5 min of fitting on 2 cores)."""
+  root = os.path.join(REPO, "experiments", "results", "cpu_large")
+  for name, args in (
+      ("fits.json", [f"--input={root}/lr1.2e-2"]),
+      ("baseline_lr3e-3.json", [f"--input={root}",
+                                f"--budgets={_FIVE_BUDGETS}"])):
+    out = tmp_path / name
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+         *args, f"--output={out}", "--bootstrap=200", "--resample=budget"],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(root, "lr1.2e-2", name)) as f:
+      _assert_reproduces(json.loads(out.read_text()), json.load(f))
+
+
+def test_committed_lr1_2e_2_sweep_gives_the_readme_numbers():
+  """The committed cpu_large sweep at 1.2e-2 (lr1.2e-2/) against the 3e-3
+  sweep on the same budgets gives what lr1.2e-2/README.md and the README
+  quote: every model better, the family/dense ratios, gamma, the law's
+  shape, the held-out errors and the claims' verdicts."""
+  from familial_jax.laws import report as report_lib
+  root = os.path.join(REPO, "experiments", "results", "cpu_large")
+  fits = {}
+  for rate, name in (("3e-3", "baseline_lr3e-3.json"),
+                     ("1.2e-2", "fits.json")):
+    with open(os.path.join(root, "lr1.2e-2", name)) as f:
+      fits[rate] = json.load(f)
+  with open(os.path.join(root, "lr1.2e-2", "README.md")) as f:
+    local = f.read()
+  with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+  slow = laws.table.load_csv(os.path.join(root, "results.csv"))
+  slow = {k: v[slow["budget"] < 2e12] for k, v in slow.items()}
+  fast = laws.table.load_csv(os.path.join(root, "lr1.2e-2", "results.csv"))
+  check = report_lib.setting_check({"3e-3": slow, "1.2e-2": fast}, "3e-3")
+  assert check["models"] == 130
+  gains = np.array([s["losses"]["1.2e-2"] / s["losses"]["3e-3"] - 1
+                    for p in check["profiles"] for s in p["sizes"]])
+  assert (gains < 0).all()
+  assert (f"by {-100 * gains.max():.2f}%\n   to {-100 * gains.min():.1f}% "
+          f"(mean {-100 * gains.mean():.1f}%)") in local
+  ratios = {g: [np.mean(list(v.values())) for v in (
+      {c: r["reference"] for c, r in check["granularity_cost"][g].items()},
+      {c: r["best"] for c, r in check["granularity_cost"][g].items()})]
+            for g in (2, 4, 8)}
+  for g, (before, after) in ratios.items():
+    assert f"| {g} | {before:.3f} | {after:.3f} |" in local
+    assert 0.31 < 1 - (after - 1) / (before - 1) < 0.32
+  def interval(fit, k, digits=4):
+    lo, hi = fit["bootstrap"]["intervals"][k]
+    return (f"{fit['params'][k]:.{digits}f} [{lo:.{digits}f}, "
+            f"{hi:.{digits}f}]")
+  for rate, fit in fits.items():
+    mult = fit["fits"]["multiplicative"]
+    assert (" | ".join(interval(mult, k, 3) for k in ("alpha", "beta"))
+            + " | " + interval(mult, "gamma") + " |") in local
+    held = [fit["fits"][f]["heldout_rmse_log"]
+            for f in ("chinchilla", "multiplicative", "reducible")]
+    assert (f"| {rate} | " + " | ".join(f"{h:.4f}" for h in held)) in local
+  # E's interval now excludes 0 (at 3e-3 it reached 1e-13).
+  assert (f"| 1.2e-2 | "
+          + interval(fits["1.2e-2"]["fits"]["multiplicative"], "E", 2)) in local
+  assert fits["3e-3"]["selected_form"] == "multiplicative"
+  assert fits["1.2e-2"]["selected_form"] == "chinchilla"
+  verdicts = {rate: [c["verdict"].split(":")[0].split(" (")[0]
+                     for c in fit["claims"]]
+              for rate, fit in fits.items()}
+  assert verdicts == {"3e-3": ["holds", "EL > 1 holds; whether it is largest "
+                               "at low compute is undecided",
+                               "does not hold"],
+                      "1.2e-2": ["holds", "holds", "does not hold"]}
+  gamma = interval(fits["1.2e-2"]["fits"]["multiplicative"], "gamma")
+  assert f"**{gamma}**" in local and gamma in readme
+  assert interval(fits["3e-3"]["fits"]["multiplicative"], "gamma") in readme
+
+
 def test_committed_seed_repeats_give_the_readme_spread():
   """The committed cpu_large fit and its seed repeats give the spread that
   experiments/results/cpu_large/seeds/README.md and the README quote."""
