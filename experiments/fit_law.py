@@ -120,30 +120,35 @@ def _sweep_of(path: str):
 
 
 def _only_budgets(table, sweep, wanted: list[str]):
-  """The table's rows of the wanted budgets, and the sweep cut to them."""
+  """The table's rows of the wanted budgets, the sweep cut to them, and those
+  budgets as the table has them."""
   try:
-    wanted = sorted(float(b) for b in wanted)
+    wanted = [float(b) for b in wanted]
   except ValueError:
     raise ValueError(f"--budgets: {wanted} are not all numbers.") from None
-  have = np.unique(table_lib.budgets_of(table))
+  budgets = table_lib.budgets_of(table)
+  have = np.unique(budgets)
+  chosen = set()
   for b in wanted:
-    if not np.isclose(have, b, rtol=1e-3).any():
+    near = have[np.isclose(have, b, rtol=1e-3)]
+    if not near.size:
       raise ValueError(f"--budgets: no point has budget {b:g}; the input's "
                        f"budgets are {', '.join(f'{h:g}' for h in have)}.")
-  keep = np.isclose(table_lib.budgets_of(table)[:, None], wanted,
-                    rtol=1e-3).any(1)
+    chosen.add(float(near[0]))
+  chosen = sorted(chosen)
   if sweep is not None:
     sweep = dataclasses.replace(sweep, budgets=tuple(
-        c for c in sweep.budgets if np.isclose(c, wanted, rtol=1e-3).any()))
-  return table_lib.select(table, keep), sweep
+        c for c in sweep.budgets if np.isclose(c, chosen, rtol=1e-3).any()))
+  return table_lib.select(table, np.isin(budgets, chosen)), sweep, chosen
 
 
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
   sweep = _sweep_of(argv_input)
+  budgets = None
   if _BUDGETS.value:
-    table, sweep = _only_budgets(table, sweep, _BUDGETS.value)
+    table, sweep, budgets = _only_budgets(table, sweep, _BUDGETS.value)
   if _REPEATS.value and (sweep is None or form != "all"):
     raise ValueError("--repeats needs --form=all and an --input results "
                      "directory whose plan.json records the sweep.")
@@ -177,8 +182,8 @@ def run(argv_input: str, form: str) -> dict:
         tables, reference, report, sweep.ladder if sweep else None)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
-  if _BUDGETS.value:
-    report["budgets"] = sorted(np.unique(table_lib.budgets_of(table)).tolist())
+  if budgets:
+    report["budgets"] = budgets
   report.update(input=os.path.abspath(path), input_sha256=digest,
                 n_rows=len(table["loss"]), huber_delta=_DELTA.value,
                 seconds=round(time.time() - start, 2))
