@@ -755,21 +755,20 @@ def test_committed_lr1_2e_2_sweep_gives_the_readme_numbers():
     local = f.read()
   with open(os.path.join(REPO, "README.md")) as f:
     readme = f.read()
-  slow = laws.table.load_csv(os.path.join(root, "results.csv"))
-  slow = {k: v[slow["budget"] < 2e12] for k, v in slow.items()}
-  fast = laws.table.load_csv(os.path.join(root, "lr1.2e-2", "results.csv"))
-  check = report_lib.setting_check({"3e-3": slow, "1.2e-2": fast}, "3e-3")
+  low = laws.table.load_csv(os.path.join(root, "results.csv"))
+  low = {k: v[low["budget"] < 2e12] for k, v in low.items()}
+  high = laws.table.load_csv(os.path.join(root, "lr1.2e-2", "results.csv"))
+  check = report_lib.setting_check({"3e-3": low, "1.2e-2": high}, "3e-3")
   assert check["models"] == 130
   gains = np.array([s["losses"]["1.2e-2"] / s["losses"]["3e-3"] - 1
                     for p in check["profiles"] for s in p["sizes"]])
   assert (gains < 0).all()
   assert (f"by {-100 * gains.max():.2f}%\n   to {-100 * gains.min():.1f}% "
           f"(mean {-100 * gains.mean():.1f}%)") in local
-  ratios = {g: [np.mean(list(v.values())) for v in (
-      {c: r["reference"] for c, r in check["granularity_cost"][g].items()},
-      {c: r["best"] for c, r in check["granularity_cost"][g].items()})]
-            for g in (2, 4, 8)}
-  for g, (before, after) in ratios.items():
+  for g in (2, 4, 8):
+    per_budget = check["granularity_cost"][g].values()
+    before, after = (np.mean([r[k] for r in per_budget])
+                     for k in ("reference", "best"))
     assert f"| {g} | {before:.3f} | {after:.3f} |" in local
     assert 0.31 < 1 - (after - 1) / (before - 1) < 0.32
   def interval(fit, k, digits=4):
