@@ -686,18 +686,22 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   assert "compute-optimal allocation" in proc.stdout
 
 
+def _fit_law_json(out, *args):
+  """Runs experiments/fit_law.py with --output=out; its JSON."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       *args, f"--output={out}"], capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr
+  return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_fit_law_reproduces_the_committed_cpu_large_fit(tmp_path):
   """The README's cpu_large command reprints the committed fit (about 70 s
   of fitting on 2 cores), and the README's table quotes it."""
   committed = os.path.join(REPO, "experiments", "results", "cpu_large")
-  out = tmp_path / "fit.json"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={committed}", f"--output={out}", "--bootstrap=200",
-       "--resample=budget"], capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr
-  got = json.loads(out.read_text())
+  got = _fit_law_json(tmp_path / "fit.json", f"--input={committed}",
+                      "--bootstrap=200", "--resample=budget")
   with open(os.path.join(committed, "fits.json")) as f:
     _assert_reproduces(got, json.load(f))
   fit = got["fits"]["multiplicative"]
@@ -715,15 +719,12 @@ def test_fit_law_reproduces_the_committed_lr1_2e_2_fits(tmp_path):
   """The cpu_large sweep at 1.2e-2 reprints its committed fit (about 40 s
   of fitting on 2 cores); its baseline is the committed 3e-3 fit, which
   test_fit_law_reproduces_the_committed_cpu_large_fit reprints."""
-  root = os.path.join(REPO, "experiments", "results", "cpu_large")
-  out = tmp_path / "fits.json"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={root}/lr1.2e-2", f"--output={out}", "--bootstrap=200",
-       "--resample=budget"], capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr
-  with open(os.path.join(root, "lr1.2e-2", "fits.json")) as f:
-    _assert_reproduces(json.loads(out.read_text()), json.load(f))
+  committed = os.path.join(REPO, "experiments", "results", "cpu_large",
+                           "lr1.2e-2")
+  got = _fit_law_json(tmp_path / "fits.json", f"--input={committed}",
+                      "--bootstrap=200", "--resample=budget")
+  with open(os.path.join(committed, "fits.json")) as f:
+    _assert_reproduces(got, json.load(f))
 
 
 @pytest.mark.slow
@@ -732,14 +733,10 @@ def test_fit_law_budgets_cuts_the_sweep_analysis_too(tmp_path):
   law's allocation and EL at the sweep budgets stop at the highest chosen
   budget (the minima come from the table, cut either way). About 20 s."""
   five = [4e10, 1.2e11, 3.6e11, 7.2e11, 1.44e12]
-  out = tmp_path / "fit.json"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       "--input=" + os.path.join(REPO, "experiments", "results", "cpu_large"),
-       "--bootstrap=0", "--budgets=" + ",".join(f"{c:g}" for c in five),
-       f"--output={out}"], capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr
-  got = json.loads(out.read_text())
+  got = _fit_law_json(
+      tmp_path / "fit.json",
+      "--input=" + os.path.join(REPO, "experiments", "results", "cpu_large"),
+      "--bootstrap=0", "--budgets=" + ",".join(f"{c:g}" for c in five))
   assert got["budgets"] == five
   assert [r["budget"] for r in got["analysis"]["at_sweep_budgets"][
       "efficiency_leverage"]["4"]] == five
