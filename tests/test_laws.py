@@ -768,11 +768,10 @@ def test_committed_lr1_2e_2_sweep_gives_the_readme_numbers():
            s["losses"]["1.2e-2"] / s["losses"]["3e-3"] - 1
            for p in check["profiles"] for s in p["sizes"]}
   all_gains = np.array(list(gains.values()))
-  worse = sorted((g, n) for (c, g, n), v in gains.items() if v > 0)
-  assert len(worse) == 6 and all(c == 2.88e12 for c, _, _ in (
-      k for k, v in gains.items() if v > 0))
-  assert worse == [(1, 23562), (1, 108630), (1, 187524), (1, 297570),
-                   (1, 443952), (2, 444000)]
+  # The 6 worse models: five dense ones and a G = 2 family, all at 2.88e12.
+  assert sorted(k for k, v in gains.items() if v > 0) == [
+      (2.88e12, 1, n) for n in (23562, 108630, 187524, 297570, 443952)] + [
+          (2.88e12, 2, 444000)]
   assert (f"lower for {(all_gains < 0).sum()} of the 156 models, by up to "
           f"{-100 * all_gains.min():.1f}% (mean {-100 * all_gains.mean():.1f}% "
           "over all 156)") in local
