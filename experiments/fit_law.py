@@ -27,7 +27,9 @@ profile's minimum lies with the sweep's setting and with each size's best:
       --alternatives=lr1e-3=runs/sweep_lr1e-3,lr1e-2=runs/sweep_lr1e-2
 
 (--reference=LABEL compares against one of the alternatives instead, say the
-sweep's setting rerun with the others' data order; --setting_figure draws it.)
+sweep's setting rerun with the others' data order; --setting_figure draws it;
+--best_of=DIR writes every model at its best setting as a results directory,
+results.csv and plan.json, that this binary then fits like a sweep.)
 --budgets=4e10,1.2e11,... fits only those budgets' points, say to compare with
 a sweep that ran fewer of them.
 """
@@ -50,6 +52,7 @@ import numpy as np
 
 from familial_jax import isoflop
 from familial_jax import plots
+from familial_jax.results import atomic_write
 from familial_jax.laws import report as report_lib
 from familial_jax.laws import table as table_lib
 from familial_jax.laws.fitting import BACKENDS
@@ -99,6 +102,12 @@ _BUDGETS = flags.DEFINE_list(
     "grid).")
 _INPUT_LABEL = flags.DEFINE_string(
     "input_label", "input", "The label of --input's setting (--alternatives).")
+_BEST_OF = flags.DEFINE_string(
+    "best_of", None,
+    "With --alternatives: write each of the reference's models at the setting "
+    "that gave it the lowest family loss (the per-size choice printed) to "
+    "this directory as results.csv, with a setting column, and --input's "
+    "plan.json, so that --input=DIR fits the law of the best settings.")
 
 
 def _resolve(path: str) -> str:
@@ -142,6 +151,31 @@ def _only_budgets(table, sweep, wanted: list[str]):
   return table_lib.select(table, np.isin(budgets, chosen)), sweep, chosen
 
 
+def _write_best_of(tables: dict, reference: str, argv_input: str,
+                   out_dir: str) -> dict:
+  """`report.best_of` as a results directory: results.csv (a setting column,
+  then the tables' columns) and --input's plan.json, if it has one."""
+  table, settings = report_lib.best_of(tables, reference)
+  path = os.path.join(out_dir, "results.csv")
+  columns = list(table)
+  lines = [",".join(["setting"] + columns)]
+  lines += [",".join([s] + [f"{table[c][i]:.17g}" for c in columns])
+            for i, s in enumerate(settings)]
+  os.makedirs(out_dir, exist_ok=True)
+  atomic_write(path, "\n".join(lines) + "\n")
+  plan = os.path.join(argv_input, "plan.json")
+  if os.path.isfile(plan):
+    with open(plan) as f:
+      atomic_write(os.path.join(out_dir, "plan.json"), f.read())
+  models = {}  # setting: its models, told apart as report_lib does
+  budgets = table_lib.budgets_of(table)
+  for i, s in enumerate(settings):
+    models.setdefault(s, set()).add((budgets[i], table["params"][i],
+                                     table["granularity"][i]))
+  return {"path": os.path.abspath(path), "rows": len(settings),
+          "models_by_setting": {s: len(models.get(s, ())) for s in tables}}
+
+
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
@@ -180,6 +214,9 @@ def run(argv_input: str, form: str) -> dict:
                        f"--alternatives ({sorted(tables)}).")
     report["setting_check"] = report_lib.setting_check(
         tables, reference, report, sweep.ladder if sweep else None)
+    if _BEST_OF.value:
+      report["best_of"] = _write_best_of(tables, reference, argv_input,
+                                         _BEST_OF.value)
   with open(path, "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()
   if budgets:
@@ -197,12 +234,21 @@ def main(argv):
     raise app.UsageError("--input is required (a CSV or a results directory).")
   # Checked before the fit, so that a mistyped command fails in a second.
   if not _ALTERNATIVES.value:
-    for name in ("setting_figure", "reference", "input_label"):
+    for name in ("setting_figure", "reference", "input_label", "best_of"):
       if flags.FLAGS[name].present:
         raise app.UsageError(f"--{name} only applies with --alternatives.")
   elif _REFERENCE.value and flags.FLAGS["input_label"].present:
     raise app.UsageError("--input_label has no use with --reference: the "
                          "input then only gives the law's N*.")
+  elif _BEST_OF.value:
+    out = os.path.join(_BEST_OF.value, "results.csv")
+    inputs = [_INPUT.value] + [a.rpartition("=")[2] for a in _ALTERNATIVES.value]
+    for given in inputs:
+      path = os.path.join(given, "results.csv") if os.path.isdir(given) else given
+      if os.path.isfile(out) and os.path.isfile(path) and os.path.samefile(
+          out, path):
+        raise app.UsageError(f"--best_of={_BEST_OF.value} would overwrite the "
+                             f"input {path}; give another directory.")
   try:
     report = run(_INPUT.value, _FORM.value)
   except ValueError as e:
@@ -218,6 +264,10 @@ def main(argv):
       path = plots.setting_check(report["setting_check"],
                                  _SETTING_FIGURE.value)
       print(f"wrote {path}")
+  if "best_of" in report:
+    b = report["best_of"]
+    print(f"wrote {b['path']}: {b['rows']} rows; models at each setting: "
+          + ", ".join(f"{s} {n}" for s, n in b["models_by_setting"].items()))
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
     tmp = _OUTPUT.value + ".tmp"

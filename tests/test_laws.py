@@ -398,6 +398,27 @@ def test_setting_check_by_hand(tmp_path):
       "top", "hi", "ref", "ref", "top", "ref", "hi", "ref"]
   assert three["profiles"][0]["sizes"][1]["losses"] == {"ref": 2.9,
                                                         "hi": 2.85}
+  # best_of: every model of "ref" (the fifth size too, which only it
+  # trained) with the rows of its best setting, picked here by hand.
+  tables = {"hi": table(hi_dense, hi_family, n_sizes=4),
+            "ref": table(ref_dense, ref_family), "top": top}
+  chosen, settings = report_lib.best_of(tables, "ref")
+  dense_best = [("top", 2.8), ("hi", 2.85), ("ref", 2.95), ("ref", 3.1),
+                ("ref", 3.3)]  # 2.95: a tie, which goes to the reference
+  family_best = [("top", (3.0, 2.8)), ("ref", (3.1, 2.9)), ("hi", (3.0, 2.8)),
+                 ("ref", (3.2, 3.1)), ("ref", (3.4, 3.3))]
+  want_settings, want_loss, want_params = [], [], []
+  for n, (sd, d), (sf, f) in zip(sizes, dense_best, family_best):
+    want_settings += [sd, sf, sf]
+    want_loss += [d, *f]
+    want_params += [n, n + 64, n + 64]
+  order = np.lexsort((chosen["exit"], chosen["granularity"], chosen["params"]))
+  assert [settings[i] for i in order] == want_settings
+  np.testing.assert_array_equal(chosen["loss"][order], want_loss)
+  np.testing.assert_array_equal(chosen["params"][order], want_params)
+  assert set(chosen) == set(tables["ref"])
+  with pytest.raises(ValueError, match="best_of: the reference 'lr'"):
+    report_lib.best_of(tables, "lr")
   from familial_jax import plots
   path = plots.setting_check(three, str(tmp_path / "three.png"))
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -656,10 +677,34 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
        f"--input={committed}", f"--output={out}",
        f"--repeats={tmp_path / 'repeat.csv'}", "--reference=lr1",
        f"--alternatives=lr1={committed},lr2={tmp_path / 'other.csv'}",
-       f"--setting_figure={tmp_path / 'settings.png'}"],
+       f"--setting_figure={tmp_path / 'settings.png'}",
+       f"--best_of={tmp_path / 'best'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   got = json.loads(out.read_text())
+  # --best_of: the smallest sizes from lr2, the rest from lr1, as a results
+  # directory this binary can fit: the chosen rows and the input's plan.
+  best = laws.table.load_csv(str(tmp_path / "best" / "results.csv"))
+  want = dict(table)
+  want["loss"] = np.where(smallest, other["loss"], table["loss"])
+  key = lambda t: np.lexsort((t["exit"], t["granularity"], t["params"],
+                              t["budget"]))
+  for column in want:
+    np.testing.assert_array_equal(best[column][key(best)],
+                                  want[column][key(want)])
+  with open(tmp_path / "best" / "results.csv") as f:
+    settings = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+  assert sorted(set(settings)) == ["lr1", "lr2"]
+  assert settings.count("lr2") == int(smallest.sum())
+  assert ((tmp_path / "best" / "plan.json").read_text()
+          == open(os.path.join(committed, "plan.json")).read())
+  n_small = len({(c, g) for c, g, s in zip(table["budget"],
+                                            table["granularity"], smallest)
+                 if s})
+  n_all = len({(c, n, g) for c, n, g in zip(
+      table["budget"], table["params"], table["granularity"])})
+  assert (f"models at each setting: lr1 {n_all - n_small}, lr2 {n_small}"
+          in proc.stdout)
   check = got["setting_check"]
   assert check["settings"] == ["lr1", "lr2"]
   assert check["models"] == len({(c, n, g) for c, n, g in zip(
@@ -1020,22 +1065,27 @@ def test_fit_law_binary_unknown_form(tmp_path):
      "--alternatives"),
     (["--reference=lr1"], "--reference only applies with --alternatives"),
     (["--input_label=lr1"], "--input_label only applies with --alternatives"),
+    (["--best_of=DIR"], "--best_of only applies with --alternatives"),
+    (["--alternatives=lr2=PATH", "--best_of=DIR"], "would overwrite the input"),
     (["--alternatives=lr2=PATH", "--reference=lr2", "--input_label=lr1"],
      "--input_label has no use with --reference"),
 ])
 def test_fit_law_binary_setting_flags_need_alternatives(tmp_path, flags_given,
                                                         message):
   """Flags of the setting check are refused, before any fit, when they
-  would be ignored."""
-  path = tmp_path / "losses.csv"
+  would be ignored, and --best_of when it would overwrite an input."""
+  path = tmp_path / "results.csv"
   _write_csv(path, synthetic_table())
-  flags_given = [f.replace("PATH", str(path)) for f in flags_given]
+  before = path.read_bytes()
+  flags_given = [f.replace("PATH", str(path)).replace("DIR", str(tmp_path))
+                 for f in flags_given]
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
        f"--input={path}", "--bootstrap=0", *flags_given],
       capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0 and message in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr and not proc.stdout
+  assert path.read_bytes() == before
 
 
 def test_fit_law_binary_budgets_fits_only_those(tmp_path):

@@ -504,6 +504,62 @@ def _cost_of_granularity(models: dict) -> dict[int, dict[float, float]]:
           for g, by_c in _granularity_ratios(models).items()}
 
 
+def _best_settings(tables: dict, reference: str, caller: str):
+  """The settings in order (the reference first), each one's `_models`, the
+  reference's models that another setting also trained, and per such model
+  the setting with the lowest family loss (ties go to the first in order)."""
+  if reference not in tables:
+    raise ValueError(f"{caller}: the reference {reference!r} is not among "
+                     f"the tables {sorted(tables)}.")
+  if len(tables) < 2:
+    raise ValueError(f"{caller} needs the reference and at least one other "
+                     "setting.")
+  labels = [reference] + [k for k in tables if k != reference]
+  models = {s: _models(tables[s]) for s in labels}
+  shared = sorted(set(models[reference]).intersection(
+      set().union(*(models[s] for s in labels[1:]))))
+  if not shared:
+    raise ValueError(f"{caller}: the other tables share no models (budget, N "
+                     "and G) with the reference; they must be runs of the "
+                     "same sweep's points.")
+  best = {k: min((s for s in labels if k in models[s]),
+                 key=lambda s: (_family_loss(models[s][k]), labels.index(s)))
+          for k in shared}
+  return labels, models, shared, best
+
+
+def best_of(tables: dict, reference: str) -> tuple[table_lib.Table,
+                                                    list[str]]:
+  """Every model of the reference at the setting that trained it best.
+
+  The table a sweep would have given had each model been trained with the
+  best of the settings tried for it (`setting_check`'s choice: the lowest
+  family loss, ties to the reference, then to the first). Models no other
+  setting trained keep the reference's rows. A minimum over noisy runs is
+  biased low, the more so the more settings a model had, so a law fitted to
+  this is optimistic where more settings were tried.
+
+  Args:
+    tables: {label: loss table}, the reference among them.
+    reference: the label of the sweep's own setting.
+
+  Returns:
+    (table, settings): the chosen models' rows (per-exit rows where the
+    tables have them; the columns all the tables have), and each row's label.
+  """
+  labels, models, _, best = _best_settings(tables, reference, "best_of")
+  have = {s: set(table_lib.as_table(tables[s])) for s in labels}
+  columns = [c for c in table_lib.as_table(tables[reference])
+             if all(c in have[s] for s in labels)]
+  rows, settings = [], []
+  for key in sorted(models[reference]):
+    label = best.get(key, reference)
+    for _, row in sorted(models[label][key].items()):
+      rows.append(row)
+      settings.append(label)
+  return {c: np.array([r[c] for r in rows]) for c in columns}, settings
+
+
 def setting_check(tables: dict, reference: str, report: dict | None = None,
                   ladder=None) -> dict:
   """Whether a sweep's one training setting (say its learning rate) decides
@@ -537,27 +593,12 @@ def setting_check(tables: dict, reference: str, report: dict | None = None,
     `isoflop_minima` rows, "law_params" (N*, or None)}], "granularity_cost":
     {G: {budget: {"reference": ratio, "best": ratio}}}}.
   """
-  if reference not in tables:
-    raise ValueError(f"setting_check: the reference {reference!r} is not "
-                     f"among the tables {sorted(tables)}.")
-  if len(tables) < 2:
-    raise ValueError("setting_check needs the reference and at least one "
-                     "other setting.")
   form = law_for_analysis(report) if report and ladder is not None else None
   result = _result(report, form) if form else None
-  labels = [reference] + [k for k in tables if k != reference]
-  models = {s: _models(tables[s]) for s in labels}
-  shared = sorted(set(models[reference]).intersection(
-      set().union(*(models[s] for s in labels[1:]))))
-  if not shared:
-    raise ValueError("setting_check: the other tables share no models "
-                     "(budget, N and G) with the reference; they must be runs "
-                     "of the same sweep's points.")
+  labels, models, shared, best = _best_settings(tables, reference,
+                                                "setting_check")
   loss = {s: {k: _family_loss(models[s][k]) for k in shared
               if k in models[s]} for s in labels}
-  # Ties go to the first label in order, the reference first.
-  best = {k: min((s for s in labels if k in loss[s]),
-                 key=lambda s: (loss[s][k], labels.index(s))) for k in shared}
   ref = {k: models[reference][k] for k in shared}
   tuned = {k: models[best[k]][k] for k in shared}
   profiles = []
