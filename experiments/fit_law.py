@@ -242,9 +242,10 @@ def main(argv):
                          "input then only gives the law's N*.")
   elif _BEST_OF.value:
     out = os.path.join(_BEST_OF.value, "results.csv")
-    inputs = [_INPUT.value] + [a.rpartition("=")[2] for a in _ALTERNATIVES.value]
-    for given in inputs:
-      path = os.path.join(given, "results.csv") if os.path.isdir(given) else given
+    for given in [_INPUT.value] + [a.rpartition("=")[2]
+                                   for a in _ALTERNATIVES.value]:
+      path = (os.path.join(given, "results.csv") if os.path.isdir(given)
+              else given)
       if os.path.isfile(out) and os.path.isfile(path) and os.path.samefile(
           out, path):
         raise app.UsageError(f"--best_of={_BEST_OF.value} would overwrite the "
