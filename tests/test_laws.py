@@ -3,6 +3,7 @@
 import csv
 import os
 import json
+import re
 import subprocess
 import sys
 
@@ -731,6 +732,12 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   assert "compute-optimal allocation" in proc.stdout
 
 
+def _interval(fit, k, digits=4):
+  """A fitted parameter with its bootstrap interval, as the READMEs write it."""
+  lo, hi = fit["bootstrap"]["intervals"][k]
+  return f"{fit['params'][k]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
 def _flat_text(*path):
   """A file's text with every run of whitespace (line breaks too) as one
   space, so that a quoted phrase matches however the file wraps it."""
@@ -774,6 +781,27 @@ def test_fit_law_reproduces_the_committed_lr1_2e_2_fits(tmp_path):
   committed = os.path.join(REPO, "experiments", "results", "cpu_large",
                            "lr1.2e-2")
   got = _fit_law_json(tmp_path / "fits.json", f"--input={committed}",
+                      "--bootstrap=200", "--resample=budget")
+  with open(os.path.join(committed, "fits.json")) as f:
+    _assert_reproduces(got, json.load(f))
+
+
+@pytest.mark.slow
+def test_fit_law_best_of_reproduces_the_committed_best_of_rates(tmp_path):
+  """lr1.2e-2/README.md's two commands rewrite best_of_rates/results.csv
+  byte for byte and reprint its fits.json (about 60 s of fitting)."""
+  root = os.path.join(REPO, "experiments", "results", "cpu_large")
+  committed = os.path.join(root, "lr1.2e-2", "best_of_rates")
+  _fit_law_json(
+      tmp_path / "check.json", f"--input={root}", "--bootstrap=0",
+      "--input_label=lr3e-3",
+      "--alternatives=lr1.2e-2=" + os.path.join(root, "lr1.2e-2")
+      + ",lr6e-3=" + os.path.join(root, "lr1.2e-2", "top_lr6e-3"),
+      f"--best_of={tmp_path / 'best'}")
+  for name in ("results.csv", "plan.json"):
+    assert ((tmp_path / "best" / name).read_bytes()
+            == open(os.path.join(committed, name), "rb").read())
+  got = _fit_law_json(tmp_path / "fits.json", f"--input={tmp_path / 'best'}",
                       "--bootstrap=200", "--resample=budget")
   with open(os.path.join(committed, "fits.json")) as f:
     _assert_reproduces(got, json.load(f))
@@ -842,10 +870,7 @@ def test_committed_lr1_2e_2_sweep_gives_the_readme_numbers():
     falls.append(100 * (1 - (after - 1) / (before - 1)))
   assert (f"The excess falls by {min(falls):.0f}% to {max(falls):.0f}% at "
           "every G") in local
-  def interval(fit, k, digits=4):
-    lo, hi = fit["bootstrap"]["intervals"][k]
-    return (f"{fit['params'][k]:.{digits}f} [{lo:.{digits}f}, "
-            f"{hi:.{digits}f}]")
+  interval = _interval
   for rate, fit in fits.items():
     mult = fit["fits"]["multiplicative"]
     assert (" | ".join(interval(mult, k, 3) for k in ("alpha", "beta"))
@@ -884,17 +909,20 @@ def test_committed_lr1_2e_2_sweep_gives_the_readme_numbers():
   assert interval(fits["3e-3"]["fits"]["multiplicative"], "gamma") in readme
 
 
-def test_committed_top_budget_dense_profile_at_6e_3_gives_the_readme_numbers():
-  """The top budget's dense profile at a third rate (lr1.2e-2/top_lr6e-3/):
-  6e-3 is best at 6 of 7 sizes, by the margins both READMEs quote, and the
-  profile's minimum hardly moves."""
+def test_committed_top_budget_at_6e_3_gives_the_readme_numbers():
+  """The top budget at a third rate (lr1.2e-2/top_lr6e-3/): for the dense
+  profile 6e-3 is best at 6 of 7 sizes, by the margins both READMEs quote,
+  and the profile's minimum hardly moves; the families keep 1.2e-2, the more
+  so the more exits."""
   from familial_jax.laws import report as report_lib
   root = os.path.join(REPO, "experiments", "results", "cpu_large")
   paths = {"3e-3": root, "1.2e-2": os.path.join(root, "lr1.2e-2"),
            "6e-3": os.path.join(root, "lr1.2e-2", "top_lr6e-3")}
   tables = {rate: laws.table.load_csv(os.path.join(path, "results.csv"))
             for rate, path in paths.items()}
-  for name in os.listdir(os.path.join(paths["6e-3"], "records")):
+  names = os.listdir(os.path.join(paths["6e-3"], "records"))
+  assert len(names) == 26
+  for name in names:
     with open(os.path.join(paths["6e-3"], "records", name)) as f:
       record = json.load(f)
     with open(os.path.join(paths["1.2e-2"], "records", name)) as f:
@@ -928,6 +956,111 @@ def test_committed_top_budget_dense_profile_at_6e_3_gives_the_readme_numbers():
                                         top["best_minimum"])]
   assert (f"{minima[0]:.1f}k parameters at 3e-3, {minima[1]:.1f}k at 1.2e-2 "
           f"and {minima[2]:.1f}k with each size's best of the three") in local
+  # The families: 6e-3's mean change against 1.2e-2 rises with G, from a
+  # gain for the dense models to a loss for G = 8.
+  by_g = {p["granularity"]: p["sizes"] for p in check["profiles"]
+          if p["budget"] == 2.88e12}
+  change = {g: 100 * np.mean([s["losses"]["6e-3"] / s["losses"]["1.2e-2"] - 1
+                              for s in sizes]) for g, sizes in by_g.items()}
+  assert change[1] < 0 < change[2] < change[4] < change[8]
+  assert (f"-{-change[1]:.2f}% for G = 1, +{change[2]:.2f}% for G = 2, "
+          f"+{change[4]:.2f}% for G = 4 and +{change[8]:.2f}% for G = 8"
+          ) in local
+  assert (f"{change[2]:.2f}%, {change[4]:.2f}% and {change[8]:.2f}% above "
+          f"1.2e-2's (G = 2, 4, 8) where the dense models' is "
+          f"{-change[1]:.2f}% below") in readme
+  kept = {g: sum(s["best"] == "1.2e-2" for s in by_g[g]) for g in (2, 4, 8)}
+  assert (f"1.2e-2 stays the best of the three at {kept[2]} of 7 sizes for "
+          f"G = 2, {kept[4]} of 7 for G = 4 and {kept[8]} of 5 for G = 8"
+          ) in local
+  assert all(s["losses"]["6e-3"] < s["losses"]["3e-3"]
+             for sizes in by_g.values() for s in sizes)
+  assert "6e-3 beats 3e-3 for all 26 models" in local
+
+
+def test_committed_best_of_rates_gives_the_readme_numbers():
+  """lr1.2e-2/best_of_rates/ is every model at the best of the three sweeps'
+  rates (report.best_of of the committed tables), and its fit and the top
+  budget's cost of granularity under each rate are what the READMEs say."""
+  from familial_jax.laws import report as report_lib
+  root = os.path.join(REPO, "experiments", "results", "cpu_large")
+  best_dir = os.path.join(root, "lr1.2e-2", "best_of_rates")
+  tables = {f"lr{rate}": laws.table.load_csv(os.path.join(root, *sub,
+                                                          "results.csv"))
+            for rate, sub in (("3e-3", ()), ("1.2e-2", ("lr1.2e-2",)),
+                              ("6e-3", ("lr1.2e-2", "top_lr6e-3")))}
+  chosen, settings = report_lib.best_of(tables, "lr3e-3")
+  committed = laws.table.load_csv(os.path.join(best_dir, "results.csv"))
+  assert set(committed) == set(chosen)
+  for column in chosen:
+    np.testing.assert_array_equal(committed[column], chosen[column])
+  with open(os.path.join(best_dir, "results.csv")) as f:
+    rows = f.read().splitlines()[1:]
+  assert [line.split(",")[0] for line in rows] == settings
+  models = {}
+  for s, c, n, g in zip(settings, chosen["budget"], chosen["params"],
+                        chosen["granularity"]):
+    models.setdefault(s, set()).add((c, n, g))
+  assert {s: len(m) for s, m in models.items()} == {"lr1.2e-2": 145,
+                                                    "lr6e-3": 11}
+  assert {c for c, _, _ in models["lr6e-3"]} == {2.88e12}
+  local = _flat_text(root, "lr1.2e-2", "README.md")
+  readme = _flat_text(REPO, "README.md")
+  assert ("1.2e-2 for 145 of the 156, 6e-3 for 11 (all at the top budget), "
+          "3e-3 for none") in local
+  # The top budget's family / dense loss at equal depth under each rate
+  # alone (the reference row of a check against it) and at each model's best.
+  cost = {rate: report_lib.setting_check(tables, f"lr{rate}")[
+      "granularity_cost"] for rate in ("3e-3", "6e-3", "1.2e-2")}
+  top = {rate: [c[g][2.88e12]["reference"] for g in (2, 4, 8)]
+         for rate, c in cost.items()}
+  top["best"] = [cost["3e-3"][g][2.88e12]["best"] for g in (2, 4, 8)]
+  row = lambda v: " | ".join(f"{x:.3f}" for x in v)
+  for rate, label in (("3e-3", "3e-3"), ("6e-3", "6e-3"),
+                      ("1.2e-2", "1.2e-2"), ("best", "each model's best")):
+    assert f"| {label} | {row(top[rate])} |" in local
+  assert all(lo < b < hi for lo, b, hi in zip(top["1.2e-2"], top["best"],
+                                              top["3e-3"]))
+  # Lowest to top budget with each model's best, rising at every budget for
+  # G = 8 only.
+  trend = {g: [v["best"] for _, v in sorted(cost["3e-3"][g].items())]
+           for g in (2, 4, 8)}
+  assert [bool(np.all(np.diff(t) > 0)) for t in trend.values()] == [
+      False, False, True]
+  assert (f"{trend[2][0]:.3f} at 4e10 to {trend[2][-1]:.3f} at 2.88e12 for "
+          f"G = 2, {trend[4][0]:.3f} to {trend[4][-1]:.3f} for G = 4 and "
+          f"{trend[8][0]:.3f} to {trend[8][-1]:.3f} for G = 8") in local
+  with open(os.path.join(best_dir, "fits.json")) as f:
+    fit = json.load(f)
+  with open(os.path.join(root, "lr1.2e-2", "fits.json")) as f:
+    alone = json.load(f)
+  gamma = _interval(fit["fits"]["multiplicative"], "gamma")
+  assert (f"gamma is {gamma} "
+          f"({_interval(alone['fits']['multiplicative'], 'gamma')} at 1.2e-2 "
+          "alone)") in local
+  assert fit["selected_form"] == "chinchilla"
+  held = [fit["fits"][f]["heldout_rmse_log"]
+          for f in ("chinchilla", "multiplicative")]
+  before = alone["fits"]["multiplicative"]["heldout_rmse_log"]
+  assert (f"prefers chinchilla ({held[0]:.4f} against {held[1]:.4f}, the "
+          f"multiplicative law's error down from {before:.4f})") in local
+  el = [r["loss_ratio"] for r in fit["analysis"]["at_sweep_budgets"][
+      "efficiency_leverage"]["4"]]
+  assert el[0] > el[-1]
+  assert (f"the law's G = 4 EL {el[0]:.3f} at 4e10 to {el[-1]:.3f} at "
+          "2.88e12") in local
+  verdicts = [c["verdict"].split(":")[0].split(" (")[0] for c in fit["claims"]]
+  assert verdicts == ["holds", "holds", "does not hold"]
+  branch = re.search(r"family's own tokens: mean (\S+)",
+                     fit["claims"][2]["observed"]).group(1)
+  assert f"the branch claim does not ({branch})" in local
+  three = lambda v: f"{v[0]:.3f}, {v[1]:.3f} and {v[2]:.3f}"
+  assert (f"the family/dense loss there is {three(top['best'])}, between "
+          f"1.2e-2's {three(top['1.2e-2'])} and 3e-3's {three(top['3e-3'])}, "
+          f"and the refitted gamma is {gamma}") in readme
+  assert (f"family/dense loss is then {three(top['best'])} (G = 2, 4, 8) and "
+          f"gamma {fit['fits']['multiplicative']['params']['gamma']:.4f}"
+          ) in _flat_text(root, "README.md")
 
 
 def test_committed_seed_repeats_give_the_readme_spread():
