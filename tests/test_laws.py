@@ -788,15 +788,16 @@ def test_fit_law_reproduces_the_committed_lr1_2e_2_fits(tmp_path):
 
 @pytest.mark.slow
 def test_fit_law_best_of_reproduces_the_committed_best_of_rates(tmp_path):
-  """lr1.2e-2/README.md's two commands rewrite best_of_rates/results.csv
+  """lr1.2e-2/README.md's last two commands rewrite best_of_rates/results.csv
   byte for byte and reprint its fits.json (about 60 s of fitting)."""
   root = os.path.join(REPO, "experiments", "results", "cpu_large")
   committed = os.path.join(root, "lr1.2e-2", "best_of_rates")
   _fit_law_json(
       tmp_path / "check.json", f"--input={root}", "--bootstrap=0",
       "--input_label=lr3e-3",
-      "--alternatives=lr1.2e-2=" + os.path.join(root, "lr1.2e-2")
-      + ",lr6e-3=" + os.path.join(root, "lr1.2e-2", "top_lr6e-3"),
+      "--alternatives=lr1.2e-2=" + os.path.join(root, "lr1.2e-2") + "".join(
+          f",lr{r}=" + os.path.join(root, "lr1.2e-2", f"top_lr{r}")
+          for r in ("6e-3", "2.4e-2", "4.8e-2")),
       f"--best_of={tmp_path / 'best'}")
   for name in ("results.csv", "plan.json"):
     assert ((tmp_path / "best" / name).read_bytes()
@@ -979,16 +980,18 @@ def test_committed_top_budget_at_6e_3_gives_the_readme_numbers():
 
 
 def test_committed_best_of_rates_gives_the_readme_numbers():
-  """lr1.2e-2/best_of_rates/ is every model at the best of the three sweeps'
-  rates (report.best_of of the committed tables), and its fit and the top
-  budget's cost of granularity under each rate are what the READMEs say."""
+  """lr1.2e-2/best_of_rates/ is every model at the best of its rates
+  (report.best_of of the committed tables: two rates below the top budget,
+  three to five at it), and its fit, the top budget's rates and its cost of
+  granularity under each rate are what the READMEs say."""
   from familial_jax.laws import report as report_lib
   root = os.path.join(REPO, "experiments", "results", "cpu_large")
   best_dir = os.path.join(root, "lr1.2e-2", "best_of_rates")
-  tables = {f"lr{rate}": laws.table.load_csv(os.path.join(root, *sub,
-                                                          "results.csv"))
-            for rate, sub in (("3e-3", ()), ("1.2e-2", ("lr1.2e-2",)),
-                              ("6e-3", ("lr1.2e-2", "top_lr6e-3")))}
+  rates = ("3e-3", "6e-3", "1.2e-2", "2.4e-2", "4.8e-2")  # ascending
+  tables = {f"lr{rate}": laws.table.load_csv(os.path.join(
+      root, *({"3e-3": (), "1.2e-2": ("lr1.2e-2",)}.get(
+          rate, ("lr1.2e-2", f"top_lr{rate}"))), "results.csv"))
+            for rate in ("3e-3", "1.2e-2", "6e-3", "2.4e-2", "4.8e-2")}
   chosen, settings = report_lib.best_of(tables, "lr3e-3")
   committed = laws.table.load_csv(os.path.join(best_dir, "results.csv"))
   assert set(committed) == set(chosen)
@@ -1001,17 +1004,44 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
   for s, c, n, g in zip(settings, chosen["budget"], chosen["params"],
                         chosen["granularity"]):
     models.setdefault(s, set()).add((c, n, g))
-  assert {s: len(m) for s, m in models.items()} == {"lr1.2e-2": 145,
-                                                    "lr6e-3": 11}
-  assert {c for c, _, _ in models["lr6e-3"]} == {2.88e12}
+  assert {s: len(m) for s, m in models.items()} == {
+      "lr1.2e-2": 142, "lr6e-3": 11, "lr2.4e-2": 3}
+  assert {c for s in ("lr6e-3", "lr2.4e-2") for c, _, _ in models[s]} == {
+      2.88e12}
   local = _flat_text(root, "lr1.2e-2", "README.md")
   readme = _flat_text(REPO, "README.md")
-  assert ("1.2e-2 for 145 of the 156, 6e-3 for 11 (all at the top budget), "
-          "3e-3 for none") in local
+  assert ("1.2e-2 for 142 of the 156, 6e-3 for 11 and 2.4e-2 for 3 (all at "
+          "the top budget), 3e-3 and 4.8e-2 for none") in local
+  assert "only 14 models change" in local
+  # The top budget: G = 8's three largest do best at 2.4e-2, the highest
+  # rate below 4.8e-2, and 25 of 26 models have a worse rate either side of
+  # their best; the smallest dense model's best is its highest rate.
+  check = report_lib.setting_check(tables, "lr3e-3")
+  at_top = {p["granularity"]: p["sizes"] for p in check["profiles"]
+            if p["budget"] == 2.88e12}
+  edge = [(g, s["params"]) for g, sizes in at_top.items() for s in sizes
+          if s["best"] in (f"lr{rates[0]}", max(
+              s["losses"], key=lambda k: rates.index(k[2:])))]
+  assert edge == [(1, 7020)]
+  assert "25 of the top budget's 26 models now have a worse rate" in local
+  change = {g: 100 * np.mean([s["losses"]["lr2.4e-2"] / s["losses"][
+      "lr1.2e-2"] - 1 for s in at_top[g]]) for g in (2, 4, 8)}
+  assert (f"+{change[2]:.2f}% for G = 2, +{change[4]:.2f}% for G = 4 and "
+          f"-{-change[8]:.2f}% for G = 8") in local
+  largest = at_top[8][2:]
+  assert [s["best"] for s in at_top[8]] == ["lr1.2e-2"] * 2 + ["lr2.4e-2"] * 3
+  gain = [100 * (1 - s["losses"]["lr2.4e-2"] / s["losses"]["lr1.2e-2"])
+          for s in largest]
+  worse = [100 * (s["losses"]["lr4.8e-2"] / s["losses"]["lr1.2e-2"] - 1)
+           for s in largest]
+  assert (f"(by {min(gain):.2f}% to {max(gain):.2f}%) and of no other model. "
+          f"4.8e-2 is worse for those three than both ({min(worse):.2f}% to "
+          f"{max(worse):.2f}% above 1.2e-2)") in local
   # The top budget's family / dense loss at equal depth under each rate
   # alone (the reference row of a check against it) and at each model's best.
   cost = {rate: report_lib.setting_check(tables, f"lr{rate}")[
       "granularity_cost"] for rate in ("3e-3", "6e-3", "1.2e-2")}
+  assert not report_lib.setting_check(tables, "lr2.4e-2")["granularity_cost"]
   top = {rate: [c[g][2.88e12]["reference"] for g in (2, 4, 8)]
          for rate, c in cost.items()}
   top["best"] = [cost["3e-3"][g][2.88e12]["best"] for g in (2, 4, 8)]
