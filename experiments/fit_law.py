@@ -52,10 +52,10 @@ import numpy as np
 
 from familial_jax import isoflop
 from familial_jax import plots
-from familial_jax.results import atomic_write
 from familial_jax.laws import report as report_lib
 from familial_jax.laws import table as table_lib
 from familial_jax.laws.fitting import BACKENDS
+from familial_jax.results import atomic_write
 
 _INPUT = flags.DEFINE_string(
     "input", None, "CSV file, or a sweep results directory holding results.csv.")
