@@ -110,9 +110,13 @@ _BEST_OF = flags.DEFINE_string(
     "plan.json, so that --input=DIR fits the law of the best settings.")
 
 
+def _csv_of(path: str) -> str:
+  """A results directory's results.csv; any other path as it is."""
+  return os.path.join(path, "results.csv") if os.path.isdir(path) else path
+
+
 def _resolve(path: str) -> str:
-  if os.path.isdir(path):
-    path = os.path.join(path, "results.csv")
+  path = _csv_of(path)
   if not os.path.isfile(path):
     raise ValueError(f"no such input file: {path}")
   return path
@@ -167,13 +171,10 @@ def _write_best_of(tables: dict, reference: str, argv_input: str,
   if os.path.isfile(plan):
     with open(plan) as f:
       atomic_write(os.path.join(out_dir, "plan.json"), f.read())
-  models = {}  # setting: its models, told apart as report_lib does
-  budgets = table_lib.budgets_of(table)
-  for i, s in enumerate(settings):
-    models.setdefault(s, set()).add((budgets[i], table["params"][i],
-                                     table["granularity"][i]))
+  labels = np.array(settings)
   return {"path": os.path.abspath(path), "rows": len(settings),
-          "models_by_setting": {s: len(models.get(s, ())) for s in tables}}
+          "models_by_setting": {s: len(table_lib.family_table(
+              table_lib.select(table, labels == s))["loss"]) for s in tables}}
 
 
 def run(argv_input: str, form: str) -> dict:
@@ -244,8 +245,7 @@ def main(argv):
     out = os.path.join(_BEST_OF.value, "results.csv")
     for given in [_INPUT.value] + [a.rpartition("=")[2]
                                    for a in _ALTERNATIVES.value]:
-      path = (os.path.join(given, "results.csv") if os.path.isdir(given)
-              else given)
+      path = _csv_of(given)
       if os.path.isfile(out) and os.path.isfile(path) and os.path.samefile(
           out, path):
         raise app.UsageError(f"--best_of={_BEST_OF.value} would overwrite the "

@@ -548,9 +548,8 @@ def best_of(tables: dict, reference: str) -> tuple[table_lib.Table,
     tables have them; the columns all the tables have), and each row's label.
   """
   labels, models, _, best = _best_settings(tables, reference, "best_of")
-  have = {s: set(table_lib.as_table(tables[s])) for s in labels}
-  columns = [c for c in table_lib.as_table(tables[reference])
-             if all(c in have[s] for s in labels)]
+  have = {s: list(table_lib.as_table(tables[s])) for s in labels}
+  columns = [c for c in have[reference] if all(c in have[s] for s in labels)]
   rows, settings = [], []
   for key in sorted(models[reference]):
     label = best.get(key, reference)
