@@ -391,9 +391,9 @@ def test_setting_check_by_hand(tmp_path):
       {"hi": table(hi_dense, hi_family, n_sizes=4),
        "ref": table(ref_dense, ref_family)}, "ref")
   assert check["settings"] == ["ref", "hi"] and check["models"] == 8
-  three = report_lib.setting_check(
-      {"hi": table(hi_dense, hi_family, n_sizes=4),
-       "ref": table(ref_dense, ref_family), "top": top}, "ref")
+  tables = {"hi": table(hi_dense, hi_family, n_sizes=4),
+            "ref": table(ref_dense, ref_family), "top": top}
+  three = report_lib.setting_check(tables, "ref")
   assert three["models"] == 8
   assert [s["best"] for p in three["profiles"] for s in p["sizes"]] == [
       "top", "hi", "ref", "ref", "top", "ref", "hi", "ref"]
@@ -401,8 +401,6 @@ def test_setting_check_by_hand(tmp_path):
                                                         "hi": 2.85}
   # best_of: every model of "ref" (the fifth size too, which only it
   # trained) with the rows of its best setting, picked here by hand.
-  tables = {"hi": table(hi_dense, hi_family, n_sizes=4),
-            "ref": table(ref_dense, ref_family), "top": top}
   chosen, settings = report_lib.best_of(tables, "ref")
   dense_best = [("top", 2.8), ("hi", 2.85), ("ref", 2.95), ("ref", 3.1),
                 ("ref", 3.3)]  # 2.95: a tie, which goes to the reference
@@ -708,8 +706,7 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
           in proc.stdout)
   check = got["setting_check"]
   assert check["settings"] == ["lr1", "lr2"]
-  assert check["models"] == len({(c, n, g) for c, n, g in zip(
-      table["budget"], table["params"], table["granularity"])})
+  assert check["models"] == n_all
   for profile in check["profiles"]:
     assert [s["best"] for s in profile["sizes"]] == ["lr2"] + ["lr1"] * (
         len(profile["sizes"]) - 1)
@@ -743,6 +740,21 @@ def _flat_text(*path):
   space, so that a quoted phrase matches however the file wraps it."""
   with open(os.path.join(*path)) as f:
     return " ".join(f.read().split())
+
+
+_CPU_LARGE = os.path.join(REPO, "experiments", "results", "cpu_large")
+# Where cpu_large's points trained at each peak rate are: the sweep (3e-3),
+# its rerun (1.2e-2) and the rerun's checks of the top budget.
+_RATE_DIRS = {"3e-3": _CPU_LARGE,
+              "1.2e-2": os.path.join(_CPU_LARGE, "lr1.2e-2"),
+              **{rate: os.path.join(_CPU_LARGE, "lr1.2e-2", f"top_lr{rate}")
+                 for rate in ("6e-3", "2.4e-2", "4.8e-2")}}
+
+
+def _rate_tables(*rates, prefix=""):
+  """The loss tables of those rates, keyed by prefix + rate."""
+  return {prefix + rate: laws.table.load_csv(
+      os.path.join(_RATE_DIRS[rate], "results.csv")) for rate in rates}
 
 
 def _fit_law_json(out, *args):
@@ -790,14 +802,12 @@ def test_fit_law_reproduces_the_committed_lr1_2e_2_fits(tmp_path):
 def test_fit_law_best_of_reproduces_the_committed_best_of_rates(tmp_path):
   """lr1.2e-2/README.md's last two commands rewrite best_of_rates/results.csv
   byte for byte and reprint its fits.json (about 60 s of fitting)."""
-  root = os.path.join(REPO, "experiments", "results", "cpu_large")
-  committed = os.path.join(root, "lr1.2e-2", "best_of_rates")
+  committed = os.path.join(_CPU_LARGE, "lr1.2e-2", "best_of_rates")
   _fit_law_json(
-      tmp_path / "check.json", f"--input={root}", "--bootstrap=0",
-      "--input_label=lr3e-3",
-      "--alternatives=lr1.2e-2=" + os.path.join(root, "lr1.2e-2") + "".join(
-          f",lr{r}=" + os.path.join(root, "lr1.2e-2", f"top_lr{r}")
-          for r in ("6e-3", "2.4e-2", "4.8e-2")),
+      tmp_path / "check.json", f"--input={_CPU_LARGE}", "--bootstrap=0",
+      "--input_label=lr3e-3", "--alternatives=" + ",".join(
+          f"lr{rate}={path}" for rate, path in _RATE_DIRS.items()
+          if rate != "3e-3"),
       f"--best_of={tmp_path / 'best'}")
   for name in ("results.csv", "plan.json"):
     assert ((tmp_path / "best" / name).read_bytes()
@@ -838,9 +848,7 @@ def test_committed_lr1_2e_2_sweep_gives_the_readme_numbers():
       fits[rate] = json.load(f)
   local = _flat_text(root, "lr1.2e-2", "README.md")
   readme = _flat_text(REPO, "README.md")
-  tables = {"3e-3": laws.table.load_csv(os.path.join(root, "results.csv")),
-            "1.2e-2": laws.table.load_csv(os.path.join(root, "lr1.2e-2",
-                                                       "results.csv"))}
+  tables = _rate_tables("3e-3", "1.2e-2")
   check = report_lib.setting_check(tables, "3e-3")
   assert check["models"] == 156
   gains = {(p["budget"], p["granularity"], s["params"]):
@@ -916,17 +924,14 @@ def test_committed_top_budget_at_6e_3_gives_the_readme_numbers():
   and the profile's minimum hardly moves; the families keep 1.2e-2, the more
   so the more exits."""
   from familial_jax.laws import report as report_lib
-  root = os.path.join(REPO, "experiments", "results", "cpu_large")
-  paths = {"3e-3": root, "1.2e-2": os.path.join(root, "lr1.2e-2"),
-           "6e-3": os.path.join(root, "lr1.2e-2", "top_lr6e-3")}
-  tables = {rate: laws.table.load_csv(os.path.join(path, "results.csv"))
-            for rate, path in paths.items()}
-  names = os.listdir(os.path.join(paths["6e-3"], "records"))
+  root = _CPU_LARGE
+  tables = _rate_tables("3e-3", "1.2e-2", "6e-3")
+  names = os.listdir(os.path.join(_RATE_DIRS["6e-3"], "records"))
   assert len(names) == 26
   for name in names:
-    with open(os.path.join(paths["6e-3"], "records", name)) as f:
+    with open(os.path.join(_RATE_DIRS["6e-3"], "records", name)) as f:
       record = json.load(f)
-    with open(os.path.join(paths["1.2e-2"], "records", name)) as f:
+    with open(os.path.join(_RATE_DIRS["1.2e-2"], "records", name)) as f:
       twin = json.load(f)
     assert record["config"]["learning_rate"] == 0.006
     assert [record[k] for k in ("N", "D", "C", "steps", "seed")] == [
@@ -950,7 +955,7 @@ def test_committed_top_budget_at_6e_3_gives_the_readme_numbers():
           f"{min(every):.1f}% to {max(every):.1f}%") in readme
   # The minima at 3e-3, at 1.2e-2 alone (its sweep's committed analysis)
   # and with each size's best of the three.
-  with open(os.path.join(paths["1.2e-2"], "fits.json")) as f:
+  with open(os.path.join(_RATE_DIRS["1.2e-2"], "fits.json")) as f:
     (high,) = [m for m in json.load(f)["analysis"]["isoflop_minima"]
                if (m["budget"], m["granularity"]) == (2.88e12, 1)]
   minima = [m["params"] / 1e3 for m in (top["reference_minimum"], high,
@@ -985,13 +990,10 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
   three to five at it), and its fit, the top budget's rates and its cost of
   granularity under each rate are what the READMEs say."""
   from familial_jax.laws import report as report_lib
-  root = os.path.join(REPO, "experiments", "results", "cpu_large")
+  root = _CPU_LARGE
   best_dir = os.path.join(root, "lr1.2e-2", "best_of_rates")
-  rates = ("3e-3", "6e-3", "1.2e-2", "2.4e-2", "4.8e-2")  # ascending
-  tables = {f"lr{rate}": laws.table.load_csv(os.path.join(
-      root, *({"3e-3": (), "1.2e-2": ("lr1.2e-2",)}.get(
-          rate, ("lr1.2e-2", f"top_lr{rate}"))), "results.csv"))
-            for rate in ("3e-3", "1.2e-2", "6e-3", "2.4e-2", "4.8e-2")}
+  tables = _rate_tables(*_RATE_DIRS, prefix="lr")
+  rates = sorted(_RATE_DIRS, key=float)
   chosen, settings = report_lib.best_of(tables, "lr3e-3")
   committed = laws.table.load_csv(os.path.join(best_dir, "results.csv"))
   assert set(committed) == set(chosen)
@@ -1012,7 +1014,8 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
   readme = _flat_text(REPO, "README.md")
   assert ("1.2e-2 for 142 of the 156, 6e-3 for 11 and 2.4e-2 for 3 (all at "
           "the top budget), 3e-3 and 4.8e-2 for none") in local
-  assert "only 14 models change" in local
+  changed = sum(len(m) for s, m in models.items() if s != "lr1.2e-2")
+  assert f"only {changed} models change" in local
   # The top budget: G = 8's three largest do best at 2.4e-2, the highest
   # rate below 4.8e-2, and 25 of 26 models have a worse rate either side of
   # their best; the smallest dense model's best is its highest rate.
@@ -1023,7 +1026,9 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
           if s["best"] in (f"lr{rates[0]}", max(
               s["losses"], key=lambda k: rates.index(k[2:])))]
   assert edge == [(1, 7020)]
-  assert "25 of the top budget's 26 models now have a worse rate" in local
+  n_top = sum(map(len, at_top.values()))
+  assert (f"{n_top - len(edge)} of the top budget's {n_top} models now have a "
+          "worse rate") in local
   change = {g: 100 * np.mean([s["losses"]["lr2.4e-2"] / s["losses"][
       "lr1.2e-2"] - 1 for s in at_top[g]]) for g in (2, 4, 8)}
   assert (f"+{change[2]:.2f}% for G = 2, +{change[4]:.2f}% for G = 4 and "
@@ -1039,8 +1044,9 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
           f"{max(worse):.2f}% above 1.2e-2)") in local
   # The top budget's family / dense loss at equal depth under each rate
   # alone (the reference row of a check against it) and at each model's best.
-  cost = {rate: report_lib.setting_check(tables, f"lr{rate}")[
-      "granularity_cost"] for rate in ("3e-3", "6e-3", "1.2e-2")}
+  cost = {"3e-3": check["granularity_cost"],
+          **{rate: report_lib.setting_check(tables, f"lr{rate}")[
+              "granularity_cost"] for rate in ("6e-3", "1.2e-2")}}
   assert not report_lib.setting_check(tables, "lr2.4e-2")["granularity_cost"]
   top = {rate: [c[g][2.88e12]["reference"] for g in (2, 4, 8)]
          for rate, c in cost.items()}
