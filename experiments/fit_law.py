@@ -26,7 +26,8 @@ profile's minimum lies with the sweep's setting and with each size's best:
   python experiments/fit_law.py --input=runs/sweep --input_label=lr3e-3 \
       --alternatives=lr1e-3=runs/sweep_lr1e-3,lr1e-2=runs/sweep_lr1e-2
 
-(--reference=LABEL compares against one of the alternatives instead, say the
+(LABEL=PATH+PATH joins one setting's points trained in several sittings;
+--reference=LABEL compares against one of the alternatives instead, say the
 sweep's setting rerun with the others' data order; --setting_figure draws it;
 --best_of=DIR writes every model at its best setting as a results directory,
 results.csv and plan.json, that this binary then fits like a sweep.)
@@ -83,7 +84,9 @@ _ALTERNATIVES = flags.DEFINE_list(
     "alternatives", [],
     "The same sweep's points trained with other settings (say other learning "
     "rates), as LABEL=PATH (CSV or results directory; a bare PATH is labelled "
-    "by its name): prints per size the setting with the lowest family loss, "
+    "by its name; LABEL=PATH+PATH joins the points of one setting trained in "
+    "several sittings): prints per size the setting with the lowest family "
+    "loss, "
     "each IsoFLOP profile's minimum with --input's setting and with each "
     "size's best, and the cost of granularity both ways.")
 _SETTING_FIGURE = flags.DEFINE_string(
@@ -177,6 +180,29 @@ def _write_best_of(tables: dict, reference: str, argv_input: str,
               table_lib.select(table, labels == s))["loss"]) for s in tables}}
 
 
+def _alternatives(table, reference: str) -> dict:
+  """{label: table} of --alternatives, --input's first unless --reference."""
+  tables = {} if _REFERENCE.value else {_INPUT_LABEL.value: table}
+  for spec in _ALTERNATIVES.value:
+    label, _, alt = spec.rpartition("=")
+    parts = alt.split("+")
+    if not label and len(parts) > 1:
+      raise ValueError(f"--alternatives: {spec} joins several paths; give "
+                       "it a label, LABEL=PATH+PATH.")
+    label = label or os.path.basename(os.path.normpath(alt))
+    if label in tables:
+      raise ValueError(f"--alternatives: the label {label!r} is used twice.")
+    try:
+      tables[label] = table_lib.concat(
+          [table_lib.load_csv(_resolve(p)) for p in parts])
+    except ValueError as e:
+      raise ValueError(f"--alternatives: {label}: {e}") from None
+  if reference not in tables:
+    raise ValueError(f"--reference={reference} is not a label of "
+                     f"--alternatives ({sorted(tables)}).")
+  return tables
+
+
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
@@ -188,6 +214,10 @@ def run(argv_input: str, form: str) -> dict:
     raise ValueError("--repeats needs --form=all and an --input results "
                      "directory whose plan.json records the sweep.")
   repeats = [_resolve(r) for r in _REPEATS.value]
+  # Read before the fit, so that a bad path or table fails in a second.
+  if _ALTERNATIVES.value:
+    reference = _REFERENCE.value or _INPUT_LABEL.value
+    tables = _alternatives(table, reference)
   forms = report_lib.default_forms(table) if form == "all" else [form]
   start = time.time()
   # Progress on stderr; the tables go to stdout.
@@ -202,17 +232,6 @@ def run(argv_input: str, form: str) -> dict:
         report, table, [table_lib.load_csv(r) for r in repeats],
         sweep.ladder), repeats=[os.path.abspath(r) for r in repeats])
   if _ALTERNATIVES.value:
-    reference = _REFERENCE.value or _INPUT_LABEL.value
-    tables = {} if _REFERENCE.value else {_INPUT_LABEL.value: table}
-    for spec in _ALTERNATIVES.value:
-      label, _, alt = spec.rpartition("=")
-      label = label or os.path.basename(os.path.normpath(alt))
-      if label in tables:
-        raise ValueError(f"--alternatives: the label {label!r} is used twice.")
-      tables[label] = table_lib.load_csv(_resolve(alt))
-    if reference not in tables:
-      raise ValueError(f"--reference={reference} is not a label of "
-                       f"--alternatives ({sorted(tables)}).")
     report["setting_check"] = report_lib.setting_check(
         tables, reference, report, sweep.ladder if sweep else None)
     if _BEST_OF.value:
@@ -243,8 +262,8 @@ def main(argv):
                          "input then only gives the law's N*.")
   elif _BEST_OF.value:
     out = os.path.join(_BEST_OF.value, "results.csv")
-    for given in [_INPUT.value] + [a.rpartition("=")[2]
-                                   for a in _ALTERNATIVES.value]:
+    for given in [_INPUT.value] + [p for a in _ALTERNATIVES.value
+                                   for p in a.rpartition("=")[2].split("+")]:
       path = _csv_of(given)
       if os.path.isfile(out) and os.path.isfile(path) and os.path.samefile(
           out, path):

@@ -670,12 +670,16 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   other = dict(table)
   smallest = table["params"] < 1.5 * table["params"].min()
   other["loss"] = np.where(smallest, 0.98, 1.01) * table["loss"]
-  _write_csv(tmp_path / "other.csv", other)
+  # ... trained in two sittings, the lowest budget's points and the rest
+  # (LABEL=PATH+PATH joins them).
+  _write_csv(tmp_path / "other_low.csv", laws.table.select(other, low))
+  _write_csv(tmp_path / "other.csv", laws.table.select(other, ~low))
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
        f"--input={committed}", f"--output={out}",
        f"--repeats={tmp_path / 'repeat.csv'}", "--reference=lr1",
-       f"--alternatives=lr1={committed},lr2={tmp_path / 'other.csv'}",
+       f"--alternatives=lr1={committed},"
+       f"lr2={tmp_path / 'other_low.csv'}+{tmp_path / 'other.csv'}",
        f"--setting_figure={tmp_path / 'settings.png'}",
        f"--best_of={tmp_path / 'best'}"],
       capture_output=True, text=True, timeout=600)
@@ -1218,6 +1222,32 @@ def test_fit_law_binary_bad_input_is_clean(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+def test_table_concat_joins_sittings_and_refuses_a_point_twice():
+  """concat gives back a table split by budget, row for row; a point in two
+  of the joined tables, or different columns, is a clear error."""
+  table = laws.table.load_csv(os.path.join(REPO, "experiments", "results",
+                                           "tiny_cpu", "results.csv"))
+  budgets = np.unique(table["budget"])
+  parts = [laws.table.select(table, table["budget"] == b)
+           for b in budgets[::-1]]
+  joined = laws.table.concat(parts)
+  order = lambda t: np.lexsort((t["exit"], t["granularity"], t["params"],
+                                t["budget"]))
+  assert sorted(joined) == sorted(table)
+  for column in table:
+    np.testing.assert_array_equal(joined[column][order(joined)],
+                                  table[column][order(table)])
+  twice = laws.table.select(parts[0], np.arange(len(parts[0]["loss"])) == 3)
+  with pytest.raises(ValueError, match=r"1 row\(s\) are in more than one.*"
+                     r"'exit': "):
+    laws.table.concat(parts + [twice])
+  fewer = {k: v for k, v in parts[1].items() if k != "exit_params"}
+  with pytest.raises(ValueError, match="table 1 has the columns"):
+    laws.table.concat([parts[0], fewer])
+  with pytest.raises(ValueError, match="at least one"):
+    laws.table.concat([])
+
+
 def test_fit_law_binary_unknown_form(tmp_path):
   path = tmp_path / "losses.csv"
   _write_csv(path, synthetic_table())
@@ -1236,13 +1266,18 @@ def test_fit_law_binary_unknown_form(tmp_path):
     (["--input_label=lr1"], "--input_label only applies with --alternatives"),
     (["--best_of=DIR"], "--best_of only applies with --alternatives"),
     (["--alternatives=lr2=PATH", "--best_of=DIR"], "would overwrite the input"),
+    (["--alternatives=lr2=DIR/other.csv+PATH", "--best_of=DIR"],
+     "would overwrite the input"),
     (["--alternatives=lr2=PATH", "--reference=lr2", "--input_label=lr1"],
      "--input_label has no use with --reference"),
+    (["--alternatives=lr2=PATH+PATH"], "lr2: 100 row(s) are in more than one"),
+    (["--alternatives=PATH+PATH"], "give it a label, LABEL=PATH+PATH"),
 ])
 def test_fit_law_binary_setting_flags_need_alternatives(tmp_path, flags_given,
                                                         message):
   """Flags of the setting check are refused, before any fit, when they
-  would be ignored, and --best_of when it would overwrite an input."""
+  would be ignored, --best_of when it would overwrite an input, and
+  --alternatives joining a point twice or joining without a label."""
   path = tmp_path / "results.csv"
   _write_csv(path, synthetic_table())
   before = path.read_bytes()

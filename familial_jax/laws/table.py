@@ -99,6 +99,37 @@ def family_table(table: Table) -> Table:
   return out
 
 
+def concat(tables) -> Table:
+  """The rows of several tables with the same columns, one after another.
+
+  For one set of points trained in several sittings (say a sweep's low
+  budgets and, later, its top budget).
+
+  Raises:
+    ValueError: no tables, different columns, or a row (a model's exit: its
+      params, tokens, granularity, budget and exit) in more than one table.
+  """
+  tables = [as_table(t) for t in tables]
+  if not tables:
+    raise ValueError("concat needs at least one table.")
+  columns = list(tables[0])
+  for i, t in enumerate(tables[1:], 1):
+    if set(t) != set(columns):
+      raise ValueError(f"table {i} has the columns {sorted(t)}, table 0 "
+                       f"{sorted(columns)}; joined tables need the same.")
+  out = {c: np.concatenate([t[c] for t in tables]) for c in columns}
+  keys = [k for k in ("params", "tokens", "granularity", "budget", "exit")
+          if k in out]
+  stacked = np.stack([out[k] for k in keys], 1)
+  uniq, counts = np.unique(stacked, axis=0, return_counts=True)
+  if (counts > 1).any():
+    row = dict(zip(keys, uniq[np.argmax(counts > 1)].tolist()))
+    raise ValueError(f"{int((counts > 1).sum())} row(s) are in more than one "
+                     f"of the joined tables, the first {row}; each point "
+                     "must come from one.")
+  return out
+
+
 def budgets_of(table: Table) -> np.ndarray:
   """The budget of every row: the `budget` column, or 6ND on a 0.05-decade grid."""
   if "budget" in table:
