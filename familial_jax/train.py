@@ -319,6 +319,23 @@ def versions() -> dict:
           "numpy": np.__version__}
 
 
+def host() -> dict:
+  """The machine a result was computed on. Records of one config and seed are
+  bit for bit equal on one machine, not across processors: XLA compiles for
+  the host's instruction set (say AVX-512 or not), which changes the
+  rounding of float reductions, and training amplifies it."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  return {"cpu": cpu, "cpu_count": os.cpu_count(),
+          "machine": platform.machine(),
+          "device_kind": jax.devices()[0].device_kind}
+
+
 # Fields that may change between a run and its resumption.
 _CADENCE = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
@@ -704,6 +721,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
       "unigram_entropy": data.unigram_entropy,
       "versions": versions(),
       "devices": [str(d) for d in jax.devices()],
+      "host": host(),
       "mesh": dict(mesh.shape),
       "wall_seconds": time.time() - start,
       # Where this process' wall time went: setup (data, build, init or

@@ -164,6 +164,13 @@ def test_learns_below_a_data_derived_threshold(tmp_path):
   assert record["D"] == 300 * 16 * 64
   assert record["corpus"]["sha256"] == data.default_corpus().sha256
   assert record["versions"]["familial_jax"] == familial_jax.__version__
+  # ... and the machine it ran on (losses differ in the last bits across
+  # processors), as /proc/cpuinfo and JAX name it.
+  assert record["host"]["device_kind"] == jax.devices()[0].device_kind
+  assert record["host"]["cpu_count"] == os.cpu_count()
+  with open("/proc/cpuinfo") as f:
+    model = [l for l in f if l.startswith("model name")][0].split(":")[1]
+  assert record["host"]["cpu"] == model.strip()
   # The phases split the wall time (the rest: writing the record).
   timing = record["timing"]
   assert set(timing) == {"setup", "first_step", "steps", "eval", "checkpoint"}
