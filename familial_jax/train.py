@@ -324,16 +324,24 @@ def host() -> dict:
   bit for bit equal on one machine, not across processors: XLA compiles for
   the host's instruction set (say AVX-512 or not), which changes the
   rounding of float reductions, and training amplifies it."""
-  cpu = platform.processor() or platform.machine()
+  cpu, flags = platform.processor() or platform.machine(), set()
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f
-                  if line.startswith("model name")), cpu)
-  except OSError:
+      info = dict(line.split(":", 1) for line in f if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    cpu = " ".join(info.get("model name", cpu).split())
+    flags = set(info.get("flags", "").split())
+  except (OSError, ValueError):
     pass
   return {"cpu": cpu, "cpu_count": os.cpu_count(),
           "machine": platform.machine(),
+          # The vector extensions that XLA's CPU code generation uses.
+          "cpu_isa": [x for x in _ISA if x in flags],
           "device_kind": jax.devices()[0].device_kind}
+
+
+_ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+        "avx512_vnni", "avx512_bf16", "amx_bf16", "asimd", "sve")
 
 
 # Fields that may change between a run and its resumption.

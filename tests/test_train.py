@@ -169,8 +169,12 @@ def test_learns_below_a_data_derived_threshold(tmp_path):
   assert record["host"]["device_kind"] == jax.devices()[0].device_kind
   assert record["host"]["cpu_count"] == os.cpu_count()
   with open("/proc/cpuinfo") as f:
-    model = [l for l in f if l.startswith("model name")][0].split(":")[1]
-  assert record["host"]["cpu"] == model.strip()
+    lines = f.read().splitlines()
+  field = lambda name: next(l for l in lines if l.startswith(name)).split(
+      ":", 1)[1].split()
+  assert record["host"]["cpu"] == " ".join(field("model name"))
+  assert "avx2" in record["host"]["cpu_isa"]  # every x86 machine here
+  assert set(record["host"]["cpu_isa"]) <= set(field("flags"))
   # The phases split the wall time (the rest: writing the record).
   timing = record["timing"]
   assert set(timing) == {"setup", "first_step", "steps", "eval", "checkpoint"}
