@@ -748,17 +748,21 @@ def _flat_text(*path):
 
 _CPU_LARGE = os.path.join(REPO, "experiments", "results", "cpu_large")
 # Where cpu_large's points trained at each peak rate are: the sweep (3e-3),
-# its rerun (1.2e-2) and the rerun's checks of the top budget.
-_RATE_DIRS = {"3e-3": _CPU_LARGE,
-              "1.2e-2": os.path.join(_CPU_LARGE, "lr1.2e-2"),
-              **{rate: os.path.join(_CPU_LARGE, "lr1.2e-2", f"top_lr{rate}")
-                 for rate in ("6e-3", "2.4e-2", "4.8e-2")}}
+# its rerun (1.2e-2), and the rerun's checks of the top budget (top_lr*) and
+# of the budgets below it (low_lr*). A rate's directories join into one table.
+_LR = os.path.join(_CPU_LARGE, "lr1.2e-2")
+_RATE_DIRS = {"3e-3": [_CPU_LARGE], "1.2e-2": [_LR],
+              "6e-3": [os.path.join(_LR, "top_lr6e-3")],
+              **{rate: [os.path.join(_LR, f"{part}_lr{rate}")
+                        for part in ("low", "top")]
+                 for rate in ("2.4e-2", "4.8e-2")}}
 
 
 def _rate_tables(*rates, prefix=""):
   """The loss tables of those rates, keyed by prefix + rate."""
-  return {prefix + rate: laws.table.load_csv(
-      os.path.join(_RATE_DIRS[rate], "results.csv")) for rate in rates}
+  return {prefix + rate: laws.table.concat([laws.table.load_csv(
+      os.path.join(d, "results.csv")) for d in _RATE_DIRS[rate]])
+          for rate in rates}
 
 
 def _fit_law_json(out, *args):
@@ -810,7 +814,7 @@ def test_fit_law_best_of_reproduces_the_committed_best_of_rates(tmp_path):
   _fit_law_json(
       tmp_path / "check.json", f"--input={_CPU_LARGE}", "--bootstrap=0",
       "--input_label=lr3e-3", "--alternatives=" + ",".join(
-          f"lr{rate}={path}" for rate, path in _RATE_DIRS.items()
+          f"lr{rate}={'+'.join(dirs)}" for rate, dirs in _RATE_DIRS.items()
           if rate != "3e-3"),
       f"--best_of={tmp_path / 'best'}")
   for name in ("results.csv", "plan.json"):
@@ -930,12 +934,12 @@ def test_committed_top_budget_at_6e_3_gives_the_readme_numbers():
   from familial_jax.laws import report as report_lib
   root = _CPU_LARGE
   tables = _rate_tables("3e-3", "1.2e-2", "6e-3")
-  names = os.listdir(os.path.join(_RATE_DIRS["6e-3"], "records"))
+  names = os.listdir(os.path.join(*_RATE_DIRS["6e-3"], "records"))
   assert len(names) == 26
   for name in names:
-    with open(os.path.join(_RATE_DIRS["6e-3"], "records", name)) as f:
+    with open(os.path.join(*_RATE_DIRS["6e-3"], "records", name)) as f:
       record = json.load(f)
-    with open(os.path.join(_RATE_DIRS["1.2e-2"], "records", name)) as f:
+    with open(os.path.join(*_RATE_DIRS["1.2e-2"], "records", name)) as f:
       twin = json.load(f)
     assert record["config"]["learning_rate"] == 0.006
     assert [record[k] for k in ("N", "D", "C", "steps", "seed")] == [
@@ -959,7 +963,7 @@ def test_committed_top_budget_at_6e_3_gives_the_readme_numbers():
           f"{min(every):.1f}% to {max(every):.1f}%") in readme
   # The minima at 3e-3, at 1.2e-2 alone (its sweep's committed analysis)
   # and with each size's best of the three.
-  with open(os.path.join(_RATE_DIRS["1.2e-2"], "fits.json")) as f:
+  with open(os.path.join(_LR, "fits.json")) as f:
     (high,) = [m for m in json.load(f)["analysis"]["isoflop_minima"]
                if (m["budget"], m["granularity"]) == (2.88e12, 1)]
   minima = [m["params"] / 1e3 for m in (top["reference_minimum"], high,
@@ -988,11 +992,56 @@ def test_committed_top_budget_at_6e_3_gives_the_readme_numbers():
   assert "6e-3 beats 3e-3 for all 26 models" in local
 
 
+def test_committed_rates_below_the_top_budget_give_the_readme_numbers():
+  """low_lr2.4e-2/ retrains every point below the top budget at 2.4e-2 and
+  low_lr4.8e-2/ the sizes 2.4e-2 suited at 4.8e-2, each the 1.2e-2 sweep's
+  model; against 1.2e-2, 2.4e-2 costs the dense models more than the
+  families, as the READMEs say."""
+  from familial_jax.laws import report as report_lib
+  for rate, lr in (("2.4e-2", 0.024), ("4.8e-2", 0.048)):
+    path = os.path.join(_RATE_DIRS[rate][0], "records")
+    names = os.listdir(path)
+    for name in names:
+      with open(os.path.join(path, name)) as f:
+        record = json.load(f)
+      with open(os.path.join(_LR, "records", name)) as f:
+        twin = json.load(f)
+      assert record["config"]["learning_rate"] == lr
+      assert record["budget"] < 2.88e12
+      assert [record[k] for k in ("N", "D", "C", "steps", "seed")] == [
+          twin[k] for k in ("N", "D", "C", "steps", "seed")]
+    assert len(names) == {"2.4e-2": 130, "4.8e-2": 85}[rate]
+  tables = _rate_tables("1.2e-2", "2.4e-2")
+  check = report_lib.setting_check(tables, "1.2e-2")
+  change = {g: 100 * np.mean([s["losses"]["2.4e-2"] / s["losses"]["1.2e-2"]
+                              - 1 for p in check["profiles"]
+                              if p["granularity"] == g and p["budget"] < 2e12
+                              for s in p["sizes"]]) for g in (1, 2, 4, 8)}
+  assert change[1] > change[2] > max(change[4], change[8]) > 0
+  text = (f"+{change[1]:.2f}% for G = 1, +{change[2]:.2f}% for G = 2, "
+          f"+{change[4]:.2f}% for G = 4 and +{change[8]:.2f}% for G = 8")
+  local = _flat_text(_LR, "README.md")
+  assert text in local
+  # Yet the higher rates are the best of all for some of these models,
+  # small ones mostly (depth 10 or less: N below 150k).
+  every = report_lib.setting_check(_rate_tables(*_RATE_DIRS), "3e-3")
+  best = [(p["budget"], s["params"], s["best"]) for p in every["profiles"]
+          if p["budget"] < 2e12 for s in p["sizes"]]
+  high = [(c, n, b) for c, n, b in best if b in ("2.4e-2", "4.8e-2")]
+  at = {r: sum(b == r for _, _, b in high) for r in ("2.4e-2", "4.8e-2")}
+  assert {c for c, _, b in high if b == "4.8e-2"} == {4e10, 1.2e11}
+  assert (f"it is the best of the rates tried for {at['2.4e-2']} of those "
+          f"{len(best)} models, and 4.8e-2 for {at['4.8e-2']} more (all at 4e10 "
+          f"and 1.2e11); {sum(n < 1.5e5 for _, n, _ in high)} of the "
+          f"{len(high)} have depth 10 or less") in local
+
+
 def test_committed_best_of_rates_gives_the_readme_numbers():
   """lr1.2e-2/best_of_rates/ is every model at the best of its rates
-  (report.best_of of the committed tables: two rates below the top budget,
-  three to five at it), and its fit, the top budget's rates and its cost of
-  granularity under each rate are what the READMEs say."""
+  (report.best_of of the committed tables: three or four rates per model,
+  up to five at the top budget), and its fit, the rates chosen, the models
+  at the edge of their rates and the cost of granularity at each budget are
+  what the READMEs say."""
   from familial_jax.laws import report as report_lib
   root = _CPU_LARGE
   best_dir = os.path.join(root, "lr1.2e-2", "best_of_rates")
@@ -1006,33 +1055,43 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
   with open(os.path.join(best_dir, "results.csv")) as f:
     rows = f.read().splitlines()[1:]
   assert [line.split(",")[0] for line in rows] == settings
-  models = {}
+  models = {f"lr{r}": set() for r in rates}
   for s, c, n, g in zip(settings, chosen["budget"], chosen["params"],
                         chosen["granularity"]):
-    models.setdefault(s, set()).add((c, n, g))
-  assert {s: len(m) for s, m in models.items()} == {
-      "lr1.2e-2": 142, "lr6e-3": 11, "lr2.4e-2": 3}
-  assert {c for s in ("lr6e-3", "lr2.4e-2") for c, _, _ in models[s]} == {
-      2.88e12}
+    models[s].add((c, n, g))
+  count = {s[2:]: len(m) for s, m in models.items()}
+  assert sum(count.values()) == 156 and count["3e-3"] == 0
+  assert {c for c, _, _ in models["lr6e-3"]} == {2.88e12}
   local = _flat_text(root, "lr1.2e-2", "README.md")
   readme = _flat_text(REPO, "README.md")
-  assert ("1.2e-2 for 142 of the 156, 6e-3 for 11 and 2.4e-2 for 3 (all at "
-          "the top budget), 3e-3 and 4.8e-2 for none") in local
-  changed = sum(len(m) for s, m in models.items() if s != "lr1.2e-2")
-  assert f"only {changed} models change" in local
-  # The top budget: G = 8's three largest do best at 2.4e-2, the highest
-  # rate below 4.8e-2, and 25 of 26 models have a worse rate either side of
-  # their best; the smallest dense model's best is its highest rate.
+  assert (f"1.2e-2 for {count['1.2e-2']} of the 156, 2.4e-2 for "
+          f"{count['2.4e-2']}, 6e-3 for {count['6e-3']} (all at the top "
+          f"budget), 4.8e-2 for {count['4.8e-2']} and 3e-3 for none") in local
+  # Every model's best against the rates it was trained with: all of the top
+  # budget's have a worse rate on each side; below it, some are best at the
+  # highest rate tried (none at the lowest, 3e-3).
   check = report_lib.setting_check(tables, "lr3e-3")
+  sizes = [(p["budget"], s) for p in check["profiles"] for s in p["sizes"]]
+  tried = lambda s: sorted(s["losses"], key=lambda k: float(k[2:]))
+  assert not [s for _, s in sizes if s["best"] == tried(s)[0]]
+  edge = [(c, s) for c, s in sizes if s["best"] == tried(s)[-1]]
+  assert edge and all(c < 2.88e12 for c, _ in edge)
+  at_highest = {r: sum(s["best"] == f"lr{r}" for _, s in edge)
+                for r in ("2.4e-2", "4.8e-2")}
+  assert (f"{len(edge)} models, all below the top budget, are best at the "
+          f"highest rate they were trained with: {at_highest['4.8e-2']} at "
+          f"4.8e-2 and {at_highest['2.4e-2']} at 2.4e-2") in local
+  n_rates = {k: sum(len(s["losses"]) == k for _, s in sizes) for k in (3, 4, 5)}
+  assert (f"three rates for {n_rates[3]} models, four for {n_rates[4]}, five "
+          f"for {n_rates[5]}") in local
+  n_high = sum(f"lr{rates[-1]}" in s["losses"] for _, s in sizes)
+  assert f"ones, 4.8e-2 for {n_high}, 6e-3 for the top budget's 26" in local
+  n_top = sum(c == 2.88e12 for c, _ in sizes)
+  assert f"all {n_top} of the top budget's models have a worse rate" in local
+  # The top budget: 2.4e-2 against 1.2e-2 by G, and G = 8's three largest
+  # best at 2.4e-2, 4.8e-2 worse for them.
   at_top = {p["granularity"]: p["sizes"] for p in check["profiles"]
             if p["budget"] == 2.88e12}
-  edge = [(g, s["params"]) for g, sizes in at_top.items() for s in sizes
-          if s["best"] in (f"lr{rates[0]}", max(
-              s["losses"], key=lambda k: rates.index(k[2:])))]
-  assert edge == [(1, 7020)]
-  n_top = sum(map(len, at_top.values()))
-  assert (f"{n_top - len(edge)} of the top budget's {n_top} models now have a "
-          "worse rate") in local
   change = {g: 100 * np.mean([s["losses"]["lr2.4e-2"] / s["losses"][
       "lr1.2e-2"] - 1 for s in at_top[g]]) for g in (2, 4, 8)}
   assert (f"+{change[2]:.2f}% for G = 2, +{change[4]:.2f}% for G = 4 and "
@@ -1043,15 +1102,19 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
           for s in largest]
   worse = [100 * (s["losses"]["lr4.8e-2"] / s["losses"]["lr1.2e-2"] - 1)
            for s in largest]
-  assert (f"(by {min(gain):.2f}% to {max(gain):.2f}%) and of no other model. "
-          f"4.8e-2 is worse for those three than both ({min(worse):.2f}% to "
-          f"{max(worse):.2f}% above 1.2e-2)") in local
-  # The top budget's family / dense loss at equal depth under each rate
-  # alone (the reference row of a check against it) and at each model's best.
+  assert (f"(by {min(gain):.2f}% to {max(gain):.2f}%). 4.8e-2 is worse for "
+          f"those three than both ({min(worse):.2f}% to {max(worse):.2f}% "
+          "above 1.2e-2)") in local
+  smallest = at_top[1][0]["losses"]
+  assert smallest["lr2.4e-2"] > smallest["lr1.2e-2"] == min(smallest.values())
+  assert (f"2.4e-2 is worse for the smallest dense model ("
+          f"{smallest['lr2.4e-2']:.4f} against {smallest['lr1.2e-2']:.4f} at "
+          "1.2e-2)") in local
+  # The family / dense loss at equal depth under one rate (the reference row
+  # of a check against it) and at each model's best, by budget.
   cost = {"3e-3": check["granularity_cost"],
           **{rate: report_lib.setting_check(tables, f"lr{rate}")[
               "granularity_cost"] for rate in ("6e-3", "1.2e-2")}}
-  assert not report_lib.setting_check(tables, "lr2.4e-2")["granularity_cost"]
   top = {rate: [c[g][2.88e12]["reference"] for g in (2, 4, 8)]
          for rate, c in cost.items()}
   top["best"] = [cost["3e-3"][g][2.88e12]["best"] for g in (2, 4, 8)]
@@ -1061,15 +1124,17 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
     assert f"| {label} | {row(top[rate])} |" in local
   assert all(lo < b < hi for lo, b, hi in zip(top["1.2e-2"], top["best"],
                                               top["3e-3"]))
-  # Lowest to top budget with each model's best, rising at every budget for
-  # G = 8 only.
   trend = {g: [v["best"] for _, v in sorted(cost["3e-3"][g].items())]
            for g in (2, 4, 8)}
-  assert [bool(np.all(np.diff(t) > 0)) for t in trend.values()] == [
-      False, False, True]
-  assert (f"{trend[2][0]:.3f} at 4e10 to {trend[2][-1]:.3f} at 2.88e12 for "
-          f"G = 2, {trend[4][0]:.3f} to {trend[4][-1]:.3f} for G = 4 and "
-          f"{trend[8][0]:.3f} to {trend[8][-1]:.3f} for G = 8") in local
+  for g in (2, 4, 8):
+    assert trend[g][-1] > trend[g][0]
+    assert f"| {g} | {row(trend[g])} |" in local
+  rises = {g: int((np.diff(t) > 0).sum()) for g, t in trend.items()}
+  assert (f"it rises at {rises[2]}, {rises[4]} and {rises[8]} of the 5 steps "
+          "between budgets (G = 2, 4, 8;") in local
+  assert ("by " + ", ".join(f"{100 * (trend[g][-1] - trend[g][0]):.1f}"
+                            for g in (2, 4)) +
+          f" and {100 * (trend[8][-1] - trend[8][0]):.1f} points") in local
   with open(os.path.join(best_dir, "fits.json")) as f:
     fit = json.load(f)
   with open(os.path.join(root, "lr1.2e-2", "fits.json")) as f:
@@ -1078,12 +1143,11 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
   assert (f"gamma is {gamma} "
           f"({_interval(alone['fits']['multiplicative'], 'gamma')} at 1.2e-2 "
           "alone)") in local
-  assert fit["selected_form"] == "chinchilla"
-  held = [fit["fits"][f]["heldout_rmse_log"]
-          for f in ("chinchilla", "multiplicative")]
-  before = alone["fits"]["multiplicative"]["heldout_rmse_log"]
-  assert (f"prefers chinchilla ({held[0]:.4f} against {held[1]:.4f}, the "
-          f"multiplicative law's error down from {before:.4f})") in local
+  held = {f: fit["fits"][f]["heldout_rmse_log"]
+          for f in ("chinchilla", "multiplicative", "reducible")}
+  assert fit["selected_form"] == min(held, key=held.get) == "chinchilla"
+  assert (f"prefers chinchilla ({held['chinchilla']:.4f} against "
+          f"{held['multiplicative']:.4f} for the multiplicative law)") in local
   el = [r["loss_ratio"] for r in fit["analysis"]["at_sweep_budgets"][
       "efficiency_leverage"]["4"]]
   assert el[0] > el[-1]
@@ -1098,9 +1162,41 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
   assert (f"the family/dense loss there is {three(top['best'])}, between "
           f"1.2e-2's {three(top['1.2e-2'])} and 3e-3's {three(top['3e-3'])}, "
           f"and the refitted gamma is {gamma}") in readme
+  assert (f"from {three([t[0] for t in trend.values()])} at 4e10 to "
+          f"{three([t[-1] for t in trend.values()])} at 2.88e12") in readme
   assert (f"family/dense loss is then {three(top['best'])} (G = 2, 4, 8) and "
           f"gamma {fit['fits']['multiplicative']['params']['gamma']:.4f}"
           ) in _flat_text(root, "README.md")
+
+
+def test_committed_machine_repeats_give_the_readme_spread():
+  """26 points of lr/lr2.4e-2/ (an AMD EPYC) were trained again in
+  lr1.2e-2/low_lr2.4e-2/ on another machine (an AVX-512 Intel Xeon, named
+  in the later records): the same config, seed, data and versions, losses
+  apart by what the READMEs quote."""
+  first = os.path.join(_CPU_LARGE, "lr", "lr2.4e-2", "records")
+  again = os.path.join(_RATE_DIRS["2.4e-2"][0], "records")
+  ratios, hosts = [], set()
+  for name in sorted(os.listdir(first)):
+    with open(os.path.join(first, name)) as f:
+      a = json.load(f)
+    with open(os.path.join(again, name)) as f:
+      b = json.load(f)
+    for key in ("config", "N", "D", "steps", "seed", "versions",
+                "validation_tokens"):
+      assert a[key] == b[key], (name, key)
+    assert a["corpus"]["sha256"] == b["corpus"]["sha256"]
+    assert "host" not in a
+    hosts.add(json.dumps(b.get("host"), sort_keys=True))
+    ratios.append(np.log(b["family_loss"] / a["family_loss"]))
+  ratios = 100 * np.array(ratios)
+  assert len(ratios) == 26 and (ratios != 0).all()
+  assert {json.loads(h)["cpu"] for h in hosts if h != "null"} == {
+      "Intel(R) Xeon(R) Processor"}
+  text = (f"apart by {np.sqrt(np.mean(ratios ** 2)):.2f}% rms (at most "
+          f"{np.abs(ratios).max():.2f}%, {ratios.mean():+.2f}% on average)")
+  assert text in _flat_text(REPO, "README.md")
+  assert text in _flat_text(_LR, "README.md")
 
 
 def test_committed_seed_repeats_give_the_readme_spread():
