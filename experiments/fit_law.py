@@ -86,9 +86,8 @@ _ALTERNATIVES = flags.DEFINE_list(
     "rates), as LABEL=PATH (CSV or results directory; a bare PATH is labelled "
     "by its name; LABEL=PATH+PATH joins the points of one setting trained in "
     "several sittings): prints per size the setting with the lowest family "
-    "loss, "
-    "each IsoFLOP profile's minimum with --input's setting and with each "
-    "size's best, and the cost of granularity both ways.")
+    "loss, each IsoFLOP profile's minimum with --input's setting and with "
+    "each size's best, and the cost of granularity both ways.")
 _SETTING_FIGURE = flags.DEFINE_string(
     "setting_figure", None,
     "With --alternatives: draw the profiles of every setting here (PNG).")

@@ -1334,7 +1334,7 @@ def test_table_concat_joins_sittings_and_refuses_a_point_twice():
     np.testing.assert_array_equal(joined[column][order(joined)],
                                   table[column][order(table)])
   twice = laws.table.select(parts[0], np.arange(len(parts[0]["loss"])) == 3)
-  with pytest.raises(ValueError, match=r"1 row\(s\) are in more than one.*"
+  with pytest.raises(ValueError, match=r"1 row\(s\) appear more than once.*"
                      r"'exit': "):
     laws.table.concat(parts + [twice])
   fewer = {k: v for k, v in parts[1].items() if k != "exit_params"}
@@ -1366,7 +1366,7 @@ def test_fit_law_binary_unknown_form(tmp_path):
      "would overwrite the input"),
     (["--alternatives=lr2=PATH", "--reference=lr2", "--input_label=lr1"],
      "--input_label has no use with --reference"),
-    (["--alternatives=lr2=PATH+PATH"], "lr2: 100 row(s) are in more than one"),
+    (["--alternatives=lr2=PATH+PATH"], "lr2: 100 row(s) appear more than once"),
     (["--alternatives=PATH+PATH"], "give it a label, LABEL=PATH+PATH"),
 ])
 def test_fit_law_binary_setting_flags_need_alternatives(tmp_path, flags_given,

@@ -107,7 +107,7 @@ def concat(tables) -> Table:
 
   Raises:
     ValueError: no tables, different columns, or a row (a model's exit: its
-      params, tokens, granularity, budget and exit) in more than one table.
+      params, tokens, granularity, budget and exit) given more than once.
   """
   tables = [as_table(t) for t in tables]
   if not tables:
@@ -124,9 +124,9 @@ def concat(tables) -> Table:
   uniq, counts = np.unique(stacked, axis=0, return_counts=True)
   if (counts > 1).any():
     row = dict(zip(keys, uniq[np.argmax(counts > 1)].tolist()))
-    raise ValueError(f"{int((counts > 1).sum())} row(s) are in more than one "
-                     f"of the joined tables, the first {row}; each point "
-                     "must come from one.")
+    raise ValueError(f"{int((counts > 1).sum())} row(s) appear more than "
+                     f"once, the first {row}; each point must come from one "
+                     "table, once.")
   return out
 
 
