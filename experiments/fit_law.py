@@ -179,16 +179,22 @@ def _write_best_of(tables: dict, reference: str, argv_input: str,
               table_lib.select(table, labels == s))["loss"]) for s in tables}}
 
 
+def _alternative(spec: str) -> tuple[str, list[str]]:
+  """One --alternatives entry, LABEL=PATH[+PATH...] or a bare PATH, as its
+  label ("" for a bare PATH) and its paths."""
+  label, _, alt = spec.rpartition("=")
+  return label, alt.split("+")
+
+
 def _alternatives(table, reference: str) -> dict:
   """{label: table} of --alternatives, --input's first unless --reference."""
   tables = {} if _REFERENCE.value else {_INPUT_LABEL.value: table}
   for spec in _ALTERNATIVES.value:
-    label, _, alt = spec.rpartition("=")
-    parts = alt.split("+")
+    label, parts = _alternative(spec)
     if not label and len(parts) > 1:
       raise ValueError(f"--alternatives: {spec} joins several paths; give "
                        "it a label, LABEL=PATH+PATH.")
-    label = label or os.path.basename(os.path.normpath(alt))
+    label = label or os.path.basename(os.path.normpath(parts[0]))
     if label in tables:
       raise ValueError(f"--alternatives: the label {label!r} is used twice.")
     try:
@@ -262,7 +268,7 @@ def main(argv):
   elif _BEST_OF.value:
     out = os.path.join(_BEST_OF.value, "results.csv")
     for given in [_INPUT.value] + [p for a in _ALTERNATIVES.value
-                                   for p in a.rpartition("=")[2].split("+")]:
+                                   for p in _alternative(a)[1]]:
       path = _csv_of(given)
       if os.path.isfile(out) and os.path.isfile(path) and os.path.samefile(
           out, path):
