@@ -1170,7 +1170,7 @@ def test_committed_best_of_rates_gives_the_readme_numbers():
 
 
 def test_committed_machine_repeats_give_the_readme_spread():
-  """26 points of lr/lr2.4e-2/ (an AMD EPYC) were trained again in
+  """26 points of lr/lr2.4e-2/ (an earlier session's machine) were trained again in
   lr1.2e-2/low_lr2.4e-2/ on another machine (an AVX-512 Intel Xeon, named
   in the later records): the same config, seed, data and versions, losses
   apart by what the READMEs quote."""
