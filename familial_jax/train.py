@@ -321,9 +321,9 @@ def versions() -> dict:
 
 def host() -> dict:
   """The machine a result was computed on. Records of one config and seed are
-  bit for bit equal on one machine, not across processors: XLA compiles for
-  the host's instruction set (say AVX-512 or not), which changes the
-  rounding of float reductions, and training amplifies it."""
+  bit for bit equal on one machine and can differ across processors: XLA
+  compiles for the host's instruction set (say AVX-512 or not), which can
+  change the rounding of float reductions, and training amplifies it."""
   cpu, flags = platform.processor() or platform.machine(), set()
   try:
     with open("/proc/cpuinfo") as f:
