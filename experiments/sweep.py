@@ -9,8 +9,10 @@ workdir; each shard takes whole model shapes, so each shape compiles once);
 --local_shards=n starts the n shard processes on this machine
 (sharing its accelerator: small models leave a GPU idle between steps and
 spend most of their time compiling, evaluating and checkpointing on the host),
-waits for them and then fits; --point=ID runs one point; --dry_run prints the
-plan (with --num_shards or --local_shards, also what each shard runs) and exits.
+waits for them and then fits; --point=ID runs one point; --collect trains
+nothing and writes the plan and the CSV of the points recorded so far (and fits
+once all are); --dry_run prints the plan (with --num_shards or --local_shards,
+also what each shard runs) and exits.
 """
 
 import os
@@ -21,6 +23,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from familial_jax import isoflop
@@ -35,6 +38,11 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
 _SHARD = flags.DEFINE_integer("shard_index", 0, "This shard.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of shards.")
 _POINT = flags.DEFINE_string("point", None, "Run only this point id.")
+_COLLECT = flags.DEFINE_bool(
+    "collect", False, "Train nothing: write the plan and the recorded points' "
+    "results.csv (with every point recorded and without --skip_fit, also the "
+    "fits, figures and report.md), e.g. after copying records into "
+    "workdir/results/. Runs on the CPU, so it can run beside a GPU sweep.")
 _NO_FIT = flags.DEFINE_bool("skip_fit", False, "Do not fit or draw.")
 _LOCAL = flags.DEFINE_integer(
     "local_shards", 0, "Run this many shard processes on this machine, then "
@@ -90,6 +98,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # progress is printed; quiet orbax
+  if _COLLECT.value:
+    if _LOCAL.value or _POINT.value or _DISTRIBUTED.value:
+      raise app.UsageError("--collect trains nothing on one process; do not "
+                           "combine it with --local_shards, --point or "
+                           "--distributed.")
+    # The accelerator may be training another process's shard: keep off it.
+    jax.config.update("jax_platforms", "cpu")
   sharding.maybe_initialize_distributed(_DISTRIBUTED.value)
   log = sharding.progress
   try:
@@ -113,6 +128,7 @@ def main(argv):
         return
     out = sweep_lib.run(sweep, _WORKDIR.value, shard_index=_SHARD.value,
                         num_shards=_NUM_SHARDS.value, only=_POINT.value,
+                        collect=_COLLECT.value,
                         fit=not _NO_FIT.value, n_boot=n_boot, log=log)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"sweep: error: {e}")

@@ -80,8 +80,9 @@ def dry_run(sweep: isoflop.SweepConfig, num_shards: int = 1) -> str:
 
 
 def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
-        num_shards: int = 1, only: str | None = None, fit: bool = True,
-        n_boot: int = 100, log: Callable[[str], None] = print) -> dict:
+        num_shards: int = 1, only: str | None = None, collect: bool = False,
+        fit: bool = True, n_boot: int = 100,
+        log: Callable[[str], None] = print) -> dict:
   """Runs (this shard of) a sweep, then fits and draws when it is complete.
 
   Args:
@@ -90,6 +91,9 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
     shard_index, num_shards: which share of the points to run
       (`isoflop.shard`).
     only: run just this point id.
+    collect: train nothing: write the plan and the recorded points' CSV
+      (and, when every point is recorded, fit and draw), e.g. after copying
+      another workdir's records into this one's results/.
     fit: fit the laws and draw the figures once every point is done.
     n_boot: bootstrap replicates of the fits.
     log: progress sink.
@@ -105,7 +109,11 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
   for pid, why in dropped:
     log(f"dropped {pid}: {why}")
   mine = isoflop.shard(points, shard_index, num_shards)
-  if only is not None:
+  if collect:
+    if only is not None:
+      raise ValueError("collect trains nothing; do not name a point to run.")
+    mine = []
+  elif only is not None:
     mine = [p for p in points if p.id == only]
     if not mine:
       raise ValueError(f"no planned point has id {only!r}; ids: "
@@ -116,12 +124,17 @@ def run(sweep: isoflop.SweepConfig, workdir: str, *, shard_index: int = 0,
     atomic_write(os.path.join(workdir, "plan.json"), json.dumps({
         "points": [p.id for p in points], "dropped": dropped,
         "sweep": dataclasses.asdict(sweep)}, indent=1))
-  train.enable_compilation_cache(workdir)
+  if not collect:
+    train.enable_compilation_cache(workdir)
   store = ResultsStore(workdir)
   recorded = _agreed(_recorded(store, points), points)
   todo = [p for p in mine if p.id not in recorded]
-  log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
-      f"{len(mine) - len(todo)} already done, {len(todo)} to run")
+  if collect:
+    log(f"collecting: {len(recorded)} of {len(points)} points have records; "
+        "training none")
+  else:
+    log(f"shard {shard_index}/{num_shards}: {len(mine)} points, "
+        f"{len(mine) - len(todo)} already done, {len(todo)} to run")
   start, ran = time.time(), 0
   stopped = {"planned": len(points), "preempted": True, "complete": False}
   # SIGTERM from here on finishes (or checkpoints) the point in hand and

@@ -1,6 +1,8 @@
 """End-to-end sweeps in subprocesses: resume after SIGKILL, shards, errors."""
 
 import atexit
+import csv
+import json
 import os
 import shutil
 import signal
@@ -74,18 +76,23 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
+def baseline_run(tmp_path_factory):
+  """The micro sweep's workdir, run whole in one process."""
   tmp = tmp_path_factory.mktemp("baseline")
   proc = _sweep(_config(tmp), tmp / "run")
   out = proc.communicate(timeout=600)[0]
   assert proc.returncode == 0, out[-3000:]
-  losses = _losses(tmp / "run")
-  assert len(losses) == 8
+  assert len(_losses(tmp / "run")) == 8
   # The plan's compute per point is what the trainer counted for its run.
   for r in ResultsStore(str(tmp / "run")).records():
     assert r["C"] == r["planned_compute"] == r["D"] * r["train_flops_per_token"]
     assert abs(r["C"] - r["budget"]) <= 0.5 * r["train_flops_per_token"] * 128
-  return losses
+  return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def baseline(baseline_run):
+  return _losses(baseline_run)
 
 
 def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path, baseline):
@@ -233,6 +240,35 @@ def test_two_hosts_agree_on_a_notice_one_of_them_got(tmp_path):
   for h in got["train_history"]:  # the sitting after the stop
     np.testing.assert_allclose(h["exit_losses"], steps[h["step"]], rtol=1e-5,
                                atol=1e-5)
+
+
+def test_collect_trains_nothing_and_writes_the_recorded_points(
+    tmp_path, baseline_run):
+  """--collect writes plan.json and the CSV of the records it finds (here 3
+  of 8, copied from the baseline) without training: no runs/, no fit while
+  points are missing; it refuses --point."""
+  config, workdir = _config(tmp_path), tmp_path / "w"
+  (workdir / "results").mkdir(parents=True)
+  ids = sorted(_losses(baseline_run))[::3]
+  for i in ids:
+    shutil.copy(baseline_run / "results" / f"{i}.json", workdir / "results")
+  proc = _sweep(config, workdir, "--collect", "--skip_fit=false")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert "collecting: 3 of 8 points have records; training none" in out
+  assert "3/8 points done; fit and figures wait for the rest" in out
+  with open(workdir / "results.csv") as f:
+    got = list(csv.DictReader(f))
+  want = ResultsStore(str(baseline_run)).rows(ids)
+  assert [r["point_id"] for r in got] == [r["point_id"] for r in want]
+  assert [float(r["loss"]) for r in got] == [r["loss"] for r in want]
+  with open(workdir / "plan.json") as f:
+    assert len(json.load(f)["points"]) == 8
+  assert sorted(os.listdir(workdir)) == ["plan.json", "results", "results.csv"]
+  proc = _sweep(config, workdir, "--collect", f"--point={ids[0]}")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 1 and "Traceback" not in out, out[-3000:]
+  assert "--collect trains nothing" in out
 
 
 def test_bad_input_fails_before_training(tmp_path):
