@@ -13,8 +13,8 @@ parameters by name (E, A, B, alpha, beta, gamma). For a sweep's results
 directory whose plan.json records the sweep (its shape ladder), it also prints
 the compute-optimal allocation and the check of the paper's claims, as the
 sweep's report.md has them; with --repeats (the same points trained with
-other seeds) also how far the losses and the observed Efficiency Leverage move
-between seeds:
+other seeds) also how far the losses, the observed Efficiency Leverage and the
+cost of granularity move between seeds:
 
   python experiments/fit_law.py --input=runs/sweep \
       --repeats=runs/sweep_seed1,runs/sweep_seed2
@@ -77,9 +77,11 @@ _OUTPUT = flags.DEFINE_string("output", None, "Write the fits here as JSON.")
 _REPEATS = flags.DEFINE_list(
     "repeats", [],
     "The same sweep's points trained with other seeds (CSVs or results "
-    "directories; all points or some): prints how far the family losses and "
-    "the observed Efficiency Leverage move between seeds, next to the "
-    "leverage's trend over budgets. Needs --input to be a results directory.")
+    "directories; all points or some; PATH+PATH joins the points of one seed "
+    "trained in several sittings): prints how far the family losses, the "
+    "observed Efficiency Leverage and the cost of granularity move between "
+    "seeds, next to the leverage's trend over budgets. Needs --input to be a "
+    "results directory.")
 _ALTERNATIVES = flags.DEFINE_list(
     "alternatives", [],
     "The same sweep's points trained with other settings (say other learning "
@@ -186,6 +188,14 @@ def _alternative(spec: str) -> tuple[str, list[str]]:
   return label, alt.split("+")
 
 
+def _joined(flag: str, label: str, parts: list[str]):
+  """The tables at parts (CSVs or results directories) as one table."""
+  try:
+    return table_lib.concat([table_lib.load_csv(_resolve(p)) for p in parts])
+  except ValueError as e:
+    raise ValueError(f"--{flag}: {label}: {e}") from None
+
+
 def _alternatives(table, reference: str) -> dict:
   """{label: table} of --alternatives, --input's first unless --reference."""
   tables = {} if _REFERENCE.value else {_INPUT_LABEL.value: table}
@@ -197,11 +207,7 @@ def _alternatives(table, reference: str) -> dict:
     label = label or os.path.basename(os.path.normpath(parts[0]))
     if label in tables:
       raise ValueError(f"--alternatives: the label {label!r} is used twice.")
-    try:
-      tables[label] = table_lib.concat(
-          [table_lib.load_csv(_resolve(p)) for p in parts])
-    except ValueError as e:
-      raise ValueError(f"--alternatives: {label}: {e}") from None
+    tables[label] = _joined("alternatives", label, parts)
   if reference not in tables:
     raise ValueError(f"--reference={reference} is not a label of "
                      f"--alternatives ({sorted(tables)}).")
@@ -218,8 +224,8 @@ def run(argv_input: str, form: str) -> dict:
   if _REPEATS.value and (sweep is None or form != "all"):
     raise ValueError("--repeats needs --form=all and an --input results "
                      "directory whose plan.json records the sweep.")
-  repeats = [_resolve(r) for r in _REPEATS.value]
   # Read before the fit, so that a bad path or table fails in a second.
+  repeats = [_joined("repeats", r, r.split("+")) for r in _REPEATS.value]
   if _ALTERNATIVES.value:
     reference = _REFERENCE.value or _INPUT_LABEL.value
     tables = _alternatives(table, reference)
@@ -234,8 +240,9 @@ def run(argv_input: str, form: str) -> dict:
     report_lib.analyse_sweep(report, table, sweep)
   if repeats:
     report["seed_spread"] = dict(report_lib.seed_spread(
-        report, table, [table_lib.load_csv(r) for r in repeats],
-        sweep.ladder), repeats=[os.path.abspath(r) for r in repeats])
+        report, table, repeats, sweep.ladder), repeats=[
+            "+".join(os.path.abspath(_resolve(p)) for p in r.split("+"))
+            for r in _REPEATS.value])
   if _ALTERNATIVES.value:
     report["setting_check"] = report_lib.setting_check(
         tables, reference, report, sweep.ladder if sweep else None)

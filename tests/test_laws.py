@@ -356,6 +356,19 @@ def test_seed_spread_by_hand():
           f"{els[1]:.3f} (SD {sd:.4f}); reference seed from C = 1e+12 to "
           f"1e+13: {change:+.3f} ({abs(change) / sd:.1f}x this SD)") in (
               report_lib.format_seed_spread(spread))
+  # Each table's own family / dense loss at equal depth, over shared models.
+  assert spread["granularity_cost"] == {2: {1e12: [1.0, pytest.approx(
+      1.02 / 0.99, rel=1e-12)]}}
+  both = report_lib.seed_spread(report, reference, [table(
+      [(1e12, 1.0), (1e13, 0.5)], 3.0 * 0.99, 3.0 * 1.02)], ladder)
+  cost = both["granularity_cost"][2]
+  assert cost[1e13] == [0.5, pytest.approx(0.5 * 1.02 / 0.99, rel=1e-12)]
+  text = report_lib.format_seed_spread(both)
+  assert (f"G = 2, C = 1e+13: family / dense loss at equal depth per seed "
+          f"0.5000, {0.5 * 1.02 / 0.99:.4f} (SD "
+          f"{np.std([0.5, 0.5 * 1.02 / 0.99], ddof=1):.4f})") in text
+  assert (f"G = 2: change from C = 1e+12 to 1e+13 per seed -0.5000, "
+          f"{-0.5 * 1.02 / 0.99:+.4f}") in text
   with pytest.raises(ValueError, match="share models"):
     report_lib.seed_spread(report, reference,
                            [table([(1e14, 1.0)], 3.0, 3.0)], ladder)
@@ -659,13 +672,17 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   fits, intervals, held-out errors, allocation and claims (README numbers)."""
   committed = os.path.join(REPO, "experiments", "results", "tiny_cpu")
   out = tmp_path / "fit.json"
-  # A repeat of the lowest budget's points with every loss 1% higher, as if
-  # trained with another seed (only the seed spread reads it).
+  # A repeat of the two lowest budgets' points with every loss 1% higher, as
+  # if trained with another seed in two sittings, one budget each (only the
+  # seed spread reads it; PATH+PATH joins them).
   table = laws.table.load_csv(os.path.join(committed, "results.csv"))
   low = table["budget"] == table["budget"].min()
-  repeat = {k: v[low] for k, v in table.items()}
-  repeat["loss"] = repeat["loss"] * 1.01
-  _write_csv(tmp_path / "repeat.csv", repeat)
+  budgets = np.unique(table["budget"])[:2]
+  repeat = dict(table, loss=table["loss"] * 1.01)
+  for i, c in enumerate(budgets):
+    _write_csv(tmp_path / f"repeat{i}.csv",
+               laws.table.select(repeat, table["budget"] == c))
+  repeat = laws.table.select(repeat, np.isin(table["budget"], budgets))
   # The same points with another setting, 2% better at the smallest size.
   other = dict(table)
   smallest = table["params"] < 1.5 * table["params"].min()
@@ -677,7 +694,8 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
        f"--input={committed}", f"--output={out}",
-       f"--repeats={tmp_path / 'repeat.csv'}", "--reference=lr1",
+       f"--repeats={tmp_path / 'repeat0.csv'}+{tmp_path / 'repeat1.csv'}",
+       "--reference=lr1",
        f"--alternatives=lr1={committed},"
        f"lr2={tmp_path / 'other_low.csv'}+{tmp_path / 'other.csv'}",
        f"--setting_figure={tmp_path / 'settings.png'}",
@@ -720,13 +738,20 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
                                                profile["granularity"])))
   assert "settings: lr1 (the sweep's), lr2;" in proc.stdout
   assert (tmp_path / "settings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  models = len({(n, g) for n, g in zip(repeat["params"],
-                                       repeat["granularity"])})
+  models = len({(c, n, g) for c, n, g in zip(
+      repeat["budget"], repeat["params"], repeat["granularity"])})
   spread = got["seed_spread"]
   assert spread["models"] == models and spread["seeds"] == 2
+  assert spread["repeats"] == [
+      f"{tmp_path / 'repeat0.csv'}+{tmp_path / 'repeat1.csv'}"]
   assert spread["log_loss_sd"] == pytest.approx(np.log(1.01) / np.sqrt(2),
                                                 rel=1e-9)
   assert f"seed spread: {models} models trained with 2 seeds" in proc.stdout
+  # Every loss 1% up leaves each family / dense ratio where it was.
+  for per_budget in spread["granularity_cost"].values():
+    assert len(per_budget) == 2
+    for ratios in per_budget.values():
+      assert ratios[1] == pytest.approx(ratios[0], rel=1e-12)
   with open(os.path.join(committed, "fits.json")) as f:
     _assert_reproduces(got, json.load(f))
   assert "claim: gamma is small" in proc.stdout

@@ -426,7 +426,10 @@ def seed_spread(report: dict, table, repeats, ladder) -> dict:
     model's family loss (mean over exits), "log_loss_range": the largest
     max - min of one model's, "leverage": {G: {budget: [observed EL per
     table, reference first]}} over the shared models (`observed_leverage`),
-    "reference_leverage": `observed_leverage` of the whole reference table}.
+    "reference_leverage": `observed_leverage` of the whole reference table,
+    "granularity_cost": {G: {budget: [mean family / dense loss at equal
+    depth per table, reference first]}} over the shared models (a table's
+    own cost of granularity, free of the law)}.
   """
   form = law_for_analysis(report)
   if form is None:
@@ -442,20 +445,27 @@ def seed_spread(report: dict, table, repeats, ladder) -> dict:
                  for k in shared])  # [models, seeds]
   levs = [_leverage(result, {k: m[k] for k in shared}, ladder)
           for m in all_models]
+  costs = [_cost_of_granularity({k: m[k] for k in shared})
+           for m in all_models]
   return {"models": len(shared), "seeds": len(all_models),
           "log_loss_sd": float(np.sqrt(np.mean(np.var(logs, axis=1,
                                                       ddof=1)))),
           "log_loss_range": float(np.max(np.ptp(logs, axis=1))),
           "leverage": {g: {c: [lev[g][c] for lev in levs] for c in levs[0][g]}
                        for g in levs[0]},
-          "reference_leverage": _leverage(result, all_models[0], ladder)}
+          "reference_leverage": _leverage(result, all_models[0], ladder),
+          "granularity_cost": {g: {c: [cost[g][c] for cost in costs]
+                                   for c in sorted(costs[0][g])}
+                               for g in sorted(costs[0])}}
 
 
 def format_seed_spread(spread: dict) -> str:
   """`seed_spread` as text, with each G's change of the reference seed's
   observed EL from its lowest budget to its highest, as a multiple of the
   seed SD at each repeated budget (the difference of two budgets' means has
-  an SD at least as large as either's)."""
+  an SD at least as large as either's), and each seed's cost of
+  granularity (family / dense loss at equal depth) at each repeated budget,
+  with its change from the lowest to the highest of them."""
   lines = [f"seed spread: {spread['models']} models trained with "
            f"{spread['seeds']} seeds: SD of log family loss "
            f"{spread['log_loss_sd']:.4f} (pooled), largest range "
@@ -472,6 +482,17 @@ def format_seed_spread(spread: dict) -> str:
         line += (f"; reference seed from C = {cs[0]:.3g} to {cs[-1]:.3g}: "
                  f"{change:+.3f} ({abs(change) / sd:.1f}x this SD)")
       lines.append(line)
+  for g, per_budget in spread.get("granularity_cost", {}).items():
+    for c, ratios in per_budget.items():
+      lines.append(f"  G = {g}, C = {c:.3g}: family / dense loss at equal "
+                   "depth per seed " + ", ".join(f"{r:.4f}" for r in ratios)
+                   + f" (SD {np.std(ratios, ddof=1):.4f})")
+    cs = list(per_budget)
+    if len(cs) > 1:
+      lines.append(
+          f"  G = {g}: change from C = {cs[0]:.3g} to {cs[-1]:.3g} per seed "
+          + ", ".join(f"{b - a:+.4f}" for a, b in zip(per_budget[cs[0]],
+                                                      per_budget[cs[-1]])))
   return "\n".join(lines)
 
 
