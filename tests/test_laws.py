@@ -1280,6 +1280,23 @@ def test_committed_seed_repeats_give_the_readme_spread():
   assert {g: [round(x, 3) for x in v[2.88e12]]
           for g, v in top["leverage"].items()} == {
               2: [1.077, 1.072], 4: [1.131, 1.121], 8: [1.185, 1.195]}
+  # The cost of granularity per seed at each repeated budget, as the table
+  # of seeds/README.md has it, and its SD's range there.
+  local = _flat_text(root, "seeds", "README.md")
+  sds = {2: [], 4: [], 8: []}
+  for g in (2, 4, 8):
+    cells = []
+    for spread, c in ((three, 4e10), (two, 1.2e11), (top, 2.88e12)):
+      ratios = spread["granularity_cost"][g][c]
+      sds[g].append(float(np.std(ratios, ddof=1)))
+      cells.append(", ".join(f"{r:.3f}" for r in ratios)
+                   + f" (SD {sds[g][-1]:.3f})")
+    assert (f"| family / dense loss at equal depth, G = {g} | "
+            + " | ".join(cells) + " |") in local
+  low = [100 * x for g in (2, 4) for x in sds[g]]
+  eight = [100 * x for x in sds[8]]
+  assert (f"by an SD of {min(low):.1f} to {max(low):.1f} points for G = 2 "
+          f"and 4, and {min(eight):.1f} to {max(eight):.1f} for G = 8") in local
 
 
 def test_committed_learning_rate_check_gives_the_readme_numbers():
