@@ -32,7 +32,9 @@ sweep's setting rerun with the others' data order; --setting_figure draws it;
 --best_of=DIR writes every model at its best setting as a results directory,
 results.csv and plan.json, that this binary then fits like a sweep.)
 --budgets=4e10,1.2e11,... fits only those budgets' points, say to compare with
-a sweep that ran fewer of them.
+a sweep that ran fewer of them. --cost_figure=PATH draws the cost of granularity
+(family / dense loss at equal budget and depth) against compute: the input's,
+each model's best setting's and each repeat's.
 """
 
 import dataclasses
@@ -104,6 +106,12 @@ _BUDGETS = flags.DEFINE_list(
     "with a sweep of fewer budgets or to fit low budgets and look at the "
     "high ones. Budgets are the budget column's (else 6ND, on a 0.05-decade "
     "grid).")
+_COST_FIGURE = flags.DEFINE_string(
+    "cost_figure", None,
+    "Draw the cost of granularity (mean family / dense loss at equal budget "
+    "and depth) against compute here (PNG): --input's, with --alternatives "
+    "also each model's best setting's, with --repeats each repeat's (over "
+    "the models it shares with --input).")
 _INPUT_LABEL = flags.DEFINE_string(
     "input_label", "input", "The label of --input's setting (--alternatives).")
 _BEST_OF = flags.DEFINE_string(
@@ -214,6 +222,26 @@ def _alternatives(table, reference: str) -> dict:
   return tables
 
 
+def _cost_curves(report: dict) -> dict:
+  """--cost_figure's curves: {label: {G: {budget: ratio}}}."""
+  curves = {_INPUT_LABEL.value: report["granularity_cost"]}
+  if "setting_check" in report:
+    curves["each model's best setting"] = {
+        g: {c: v["best"] for c, v in by_c.items()}
+        for g, by_c in report["setting_check"]["granularity_cost"].items()}
+  for i, spec in enumerate(_REPEATS.value):
+    curves[f"repeat {i + 1}: {_short(spec)}"] = {
+        g: {c: v[i + 1] for c, v in by_c.items()}
+        for g, by_c in report["seed_spread"]["granularity_cost"].items()}
+  return curves
+
+
+def _short(spec: str) -> str:
+  """A --repeats entry by its paths' last names."""
+  return "+".join(os.path.basename(os.path.normpath(p))
+                  for p in spec.split("+"))
+
+
 def run(argv_input: str, form: str) -> dict:
   path = _resolve(argv_input)
   table = table_lib.load_csv(path)
@@ -238,6 +266,7 @@ def run(argv_input: str, form: str) -> dict:
       log=lambda line: print(line, file=sys.stderr, flush=True))
   if sweep is not None and form == "all":
     report_lib.analyse_sweep(report, table, sweep)
+  report["granularity_cost"] = report_lib.granularity_cost(table)
   if repeats:
     report["seed_spread"] = dict(report_lib.seed_spread(
         report, table, repeats, sweep.ladder), repeats=[
@@ -296,6 +325,9 @@ def main(argv):
       path = plots.setting_check(report["setting_check"],
                                  _SETTING_FIGURE.value)
       print(f"wrote {path}")
+  if _COST_FIGURE.value:
+    path = plots.granularity_cost(_cost_curves(report), _COST_FIGURE.value)
+    print(f"wrote {path}")
   if "best_of" in report:
     b = report["best_of"]
     print(f"wrote {b['path']}: {b['rows']} rows; models at each setting: "

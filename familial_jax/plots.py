@@ -303,6 +303,28 @@ def setting_check(check: dict, path):
   return _save(fig, path, rect=(0, bottom, 1, 1))
 
 
+def granularity_cost(curves: dict, path):
+  """The cost of granularity against compute (`laws.report.granularity_cost`:
+  mean family / dense loss at equal budget and depth), one panel per G, one
+  line per labelled curve {label: {G: {budget: ratio}}}."""
+  gs = sorted({int(g) for curve in curves.values() for g in curve})
+  fig, axes = plt.subplots(1, len(gs), figsize=(3.4 * len(gs), 3.3),
+                           squeeze=False)
+  colors = _colors(len(curves))
+  for ax, g in zip(axes[0], gs):
+    for (label, curve), color in zip(curves.items(), colors):
+      by_c = curve.get(g, {})
+      cs = sorted(by_c)
+      ax.plot(cs, [by_c[c] for c in cs], "o-", color=color, ms=4,
+              label=label)
+    ax.set_xscale("log")
+    ax.set_title(f"G = {g}", fontsize=9)
+    ax.set_xlabel("C (training FLOPs)")
+  axes[0][0].set_ylabel("family / dense loss, equal C and depth")
+  axes[0][-1].legend(fontsize=7)
+  return _save(fig, path)
+
+
 def draw_all(table, report, directory) -> dict[str, str]:
   """Every figure into `directory`; returns {title: path}."""
   os.makedirs(directory, exist_ok=True)

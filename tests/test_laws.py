@@ -357,6 +357,7 @@ def test_seed_spread_by_hand():
           f"1e+13: {change:+.3f} ({abs(change) / sd:.1f}x this SD)") in (
               report_lib.format_seed_spread(spread))
   # Each table's own family / dense loss at equal depth, over shared models.
+  assert report_lib.granularity_cost(reference) == {2: {1e12: 1.0, 1e13: 0.5}}
   assert spread["granularity_cost"] == {2: {1e12: [1.0, pytest.approx(
       1.02 / 0.99, rel=1e-12)]}}
   both = report_lib.seed_spread(report, reference, [table(
@@ -699,6 +700,7 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
        f"--alternatives=lr1={committed},"
        f"lr2={tmp_path / 'other_low.csv'}+{tmp_path / 'other.csv'}",
        f"--setting_figure={tmp_path / 'settings.png'}",
+       f"--cost_figure={tmp_path / 'cost.png'}",
        f"--best_of={tmp_path / 'best'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
@@ -747,6 +749,25 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   assert spread["log_loss_sd"] == pytest.approx(np.log(1.01) / np.sqrt(2),
                                                 rel=1e-9)
   assert f"seed spread: {models} models trained with 2 seeds" in proc.stdout
+  # The input's cost of granularity against a grouping of the CSV's rows by
+  # their depth column rather than by N: mean family / dense loss per budget
+  # and G.
+  with open(os.path.join(committed, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  losses = {}
+  for r in rows:
+    losses.setdefault((float(r["budget"]), r["depth"], int(r["granularity"])),
+                      []).append(float(r["loss"]))
+  want = {}
+  for (c, depth, g), loss in losses.items():
+    if g > 1 and (c, depth, 1) in losses:
+      want.setdefault(str(g), {}).setdefault(str(c), []).append(
+          np.mean(loss) / np.mean(losses[c, depth, 1]))
+  assert got["granularity_cost"] == {g: {c: pytest.approx(np.mean(v), rel=1e-12)
+                                         for c, v in by_c.items()}
+                                     for g, by_c in want.items()}
+  assert "wrote " + str(tmp_path / "cost.png") in proc.stdout
+  assert (tmp_path / "cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # Every loss 1% up leaves each family / dense ratio where it was.
   for per_budget in spread["granularity_cost"].values():
     assert len(per_budget) == 2

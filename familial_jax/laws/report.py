@@ -525,6 +525,14 @@ def _cost_of_granularity(models: dict) -> dict[int, dict[float, float]]:
           for g, by_c in _granularity_ratios(models).items()}
 
 
+def granularity_cost(table) -> dict[int, dict[float, float]]:
+  """The cost of granularity in a loss table, free of any law: per G > 1 and
+  budget, the mean over depths of a family's loss (mean over its exits) over
+  the dense model's of the same budget and depth: {G: {budget: ratio}}."""
+  cost = _cost_of_granularity(_models(table))
+  return {g: dict(sorted(cost[g].items())) for g in sorted(cost)}
+
+
 def _best_settings(tables: dict, reference: str, caller: str):
   """The settings in order (the reference first), each one's `_models`, the
   reference's models that another setting also trained, and per such model
