@@ -113,7 +113,8 @@ _COST_FIGURE = flags.DEFINE_string(
     "also each model's best setting's, with --repeats each repeat's (over "
     "the models it shares with --input).")
 _INPUT_LABEL = flags.DEFINE_string(
-    "input_label", "input", "The label of --input's setting (--alternatives).")
+    "input_label", "input",
+    "The label of --input's setting (--alternatives, --cost_figure).")
 _BEST_OF = flags.DEFINE_string(
     "best_of", None,
     "With --alternatives: write each of the reference's models at the setting "
@@ -296,8 +297,11 @@ def main(argv):
   # Checked before the fit, so that a mistyped command fails in a second.
   if not _ALTERNATIVES.value:
     for name in ("setting_figure", "reference", "input_label", "best_of"):
-      if flags.FLAGS[name].present:
-        raise app.UsageError(f"--{name} only applies with --alternatives.")
+      if flags.FLAGS[name].present and not (name == "input_label" and
+                                            _COST_FIGURE.value):
+        raise app.UsageError(f"--{name} only applies with --alternatives"
+                             + (" or --cost_figure." if name == "input_label"
+                                else "."))
   elif _REFERENCE.value and flags.FLAGS["input_label"].present:
     raise app.UsageError("--input_label has no use with --reference: the "
                          "input then only gives the law's N*.")

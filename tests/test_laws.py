@@ -1466,6 +1466,21 @@ def test_fit_law_binary_setting_flags_need_alternatives(tmp_path, flags_given,
   assert path.read_bytes() == before
 
 
+def test_fit_law_binary_repeats_refuse_a_point_twice():
+  """--repeats reads its tables (PATH+PATH joined) before the fit: a point
+  given twice is a one-line error within seconds, not after the fit."""
+  committed = os.path.join(REPO, "experiments", "results", "tiny_cpu")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={committed}", f"--repeats={committed}+{committed}"],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      f"fit_law: error: --repeats: {committed}+{committed}: 84 row(s) appear "
+      "more than once")
+  assert "fitted in" not in proc.stderr and not proc.stdout
+
+
 def test_fit_law_binary_budgets_fits_only_those(tmp_path):
   """--budgets fits the rows of those budgets only: the same numbers as the
   library's fit of the table cut by hand; an absent budget is an error."""
