@@ -80,7 +80,8 @@ _REPEATS = flags.DEFINE_list(
     "repeats", [],
     "The same sweep's points trained with other seeds (CSVs or results "
     "directories; all points or some; PATH+PATH joins the points of one seed "
-    "trained in several sittings): prints how far the family losses, the "
+    "trained in several sittings; LABEL=PATH names one in --cost_figure): "
+    "prints how far the family losses, the "
     "observed Efficiency Leverage and the cost of granularity move between "
     "seeds, next to the leverage's trend over budgets. Needs --input to be a "
     "results directory.")
@@ -231,16 +232,13 @@ def _cost_curves(report: dict) -> dict:
         g: {c: v["best"] for c, v in by_c.items()}
         for g, by_c in report["setting_check"]["granularity_cost"].items()}
   for i, spec in enumerate(_REPEATS.value):
-    curves[f"repeat {i + 1}: {_short(spec)}"] = {
+    label, parts = _alternative(spec)
+    label = label or "+".join(os.path.basename(os.path.normpath(p))
+                              for p in parts)
+    curves[label] = {
         g: {c: v[i + 1] for c, v in by_c.items()}
         for g, by_c in report["seed_spread"]["granularity_cost"].items()}
   return curves
-
-
-def _short(spec: str) -> str:
-  """A --repeats entry by its paths' last names."""
-  return "+".join(os.path.basename(os.path.normpath(p))
-                  for p in spec.split("+"))
 
 
 def run(argv_input: str, form: str) -> dict:
@@ -254,7 +252,7 @@ def run(argv_input: str, form: str) -> dict:
     raise ValueError("--repeats needs --form=all and an --input results "
                      "directory whose plan.json records the sweep.")
   # Read before the fit, so that a bad path or table fails in a second.
-  repeats = [_joined("repeats", r, r.split("+")) for r in _REPEATS.value]
+  repeats = [_joined("repeats", r, _alternative(r)[1]) for r in _REPEATS.value]
   if _ALTERNATIVES.value:
     reference = _REFERENCE.value or _INPUT_LABEL.value
     tables = _alternatives(table, reference)
@@ -271,7 +269,7 @@ def run(argv_input: str, form: str) -> dict:
   if repeats:
     report["seed_spread"] = dict(report_lib.seed_spread(
         report, table, repeats, sweep.ladder), repeats=[
-            "+".join(os.path.abspath(_resolve(p)) for p in r.split("+"))
+            "+".join(os.path.abspath(_resolve(p)) for p in _alternative(r)[1])
             for r in _REPEATS.value])
   if _ALTERNATIVES.value:
     report["setting_check"] = report_lib.setting_check(

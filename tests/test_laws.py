@@ -695,7 +695,7 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
        f"--input={committed}", f"--output={out}",
-       f"--repeats={tmp_path / 'repeat0.csv'}+{tmp_path / 'repeat1.csv'}",
+       f"--repeats=seed1={tmp_path / 'repeat0.csv'}+{tmp_path / 'repeat1.csv'}",
        "--reference=lr1",
        f"--alternatives=lr1={committed},"
        f"lr2={tmp_path / 'other_low.csv'}+{tmp_path / 'other.csv'}",
