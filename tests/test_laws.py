@@ -1320,6 +1320,82 @@ def test_committed_seed_repeats_give_the_readme_spread():
           f"and 4, and {min(eight):.1f} to {max(eight):.1f} for G = 8") in local
 
 
+def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
+  """seeds/seed1_best/ retrains the lowest and top budgets with seed 1, each
+  model at the rate best_of_rates/ chose for it with seed 0 (the same plan
+  otherwise); the cost of granularity rises between them with both seeds,
+  by what seeds/README.md says."""
+  from familial_jax import isoflop
+  from familial_jax.laws import report as report_lib
+  best_dir = os.path.join(_LR, "best_of_rates")
+  seeds = os.path.join(_CPU_LARGE, "seeds", "seed1_best")
+  rates = ("6e-3", "1.2e-2", "2.4e-2", "4.8e-2")
+  with open(os.path.join(best_dir, "results.csv")) as f:
+    chosen = {(float(r["budget"]), int(r["params"]), int(r["granularity"])):
+              r["setting"] for r in csv.DictReader(f)}
+  for rate in rates:
+    for name in os.listdir(os.path.join(seeds, f"lr{rate}", "records")):
+      with open(os.path.join(seeds, f"lr{rate}", "records", name)) as f:
+        record = json.load(f)
+      with open(os.path.join(_LR, "records", name)) as f:
+        twin = json.load(f)
+      assert record["seed"] == 1 and twin["seed"] == 0
+      assert record["config"]["learning_rate"] == float(rate)
+      assert chosen[record["budget"], record["N"], record["G"]] == f"lr{rate}"
+      assert [record[k] for k in ("N", "D", "C", "steps")] == [
+          twin[k] for k in ("N", "D", "C", "steps")]
+  with open(os.path.join(best_dir, "fits.json")) as f:
+    report = json.load(f)
+  with open(os.path.join(best_dir, "plan.json")) as f:
+    ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
+  best = laws.table.load_csv(os.path.join(best_dir, "results.csv"))
+  seed1 = laws.table.concat([laws.table.load_csv(
+      os.path.join(seeds, f"lr{r}", "results.csv")) for r in rates])
+  spread = report_lib.seed_spread(report, best, [seed1], ladder)
+  assert spread["models"] == 52
+  local = _flat_text(_CPU_LARGE, "seeds", "README.md")
+  cost = spread["granularity_cost"]
+  levels = []
+  for g in (2, 4, 8):
+    (low0, low1), (top0, top1) = cost[g][4e10], cost[g][2.88e12]
+    assert top0 > low0 and top1 > low1  # the rise, with both seeds
+    assert (f"| {g} | {low0:.4f} | {top0:.4f} | {low1:.4f} | {top1:.4f} | "
+            f"{100 * (top0 - low0):+.2f} | {100 * (top1 - low1):+.2f} |"
+            ) in local
+    levels += [abs(low1 - low0), abs(top1 - top0)]
+  rise1 = min(100 * (cost[g][2.88e12][1] - cost[g][4e10][1]) for g in (2, 4, 8))
+  assert (f"a budget's level moves by {100 * min(levels):.1f} to "
+          f"{100 * max(levels):.1f} points between the seeds") in local
+  assert f"with seed 1 it is at least {rise1:.1f} points at every G" in local
+  rises1 = [100 * (cost[g][2.88e12][1] - cost[g][4e10][1]) for g in (2, 4, 8)]
+  level = f"{100 * min(levels):.1f} to {100 * max(levels):.1f} points"
+  assert (f"give a rise of {rises1[0]:.2f}, {rises1[1]:.2f} and {rises1[2]:.2f} "
+          f"points (`../seeds/seed1_best/`). A budget's level moves by {level}"
+          ) in _flat_text(_LR, "README.md")
+  assert (f"shows the same rise, {min(rises1):.1f} to {max(rises1):.1f} points, "
+          f"with levels {level} apart from seed 0's") in _flat_text(REPO,
+                                                                  "README.md")
+  # Seed 1 against seed 0, model by model: the log ratio's mean by G and its
+  # spread by budget.
+  m0 = report_lib._models(best)  # pylint: disable=protected-access
+  m1 = report_lib._models(seed1)  # pylint: disable=protected-access
+  fam = report_lib._family_loss  # pylint: disable=protected-access
+  shift, sd = {}, {}
+  for c in (4e10, 2.88e12):
+    d = {k: np.log(fam(m1[k]) / fam(m0[k])) for k in m1 if k[0] == c}
+    sd[c] = 100 * np.std(list(d.values()), ddof=1) / np.sqrt(2)
+    shift[c] = {g: 100 * np.mean([v for k, v in d.items() if k[2] == g])
+                for g in (1, 2, 4, 8)}
+  fams = lambda c: [shift[c][g] for g in (2, 4, 8)]
+  assert (f"its dense models are {shift[2.88e12][1]:.2f}% worse than seed 0's "
+          f"on average and its families {min(fams(2.88e12)):+.2f}% to "
+          f"{max(fams(2.88e12)):+.2f}% (at 4e10: dense {shift[4e10][1]:+.2f}%, "
+          f"families {min(fams(4e10)):+.2f}% to {max(fams(4e10)):+.2f}%)"
+          ) in local
+  assert (f"by an SD of {sd[4e10]:.2f}% at 4e10 and {sd[2.88e12]:.2f}% at "
+          "2.88e12") in local
+
+
 def test_committed_learning_rate_check_gives_the_readme_numbers():
   """The committed learning-rate repeats of cpu_large (lr/) give what
   experiments/results/cpu_large/lr/README.md and the README quote: each
