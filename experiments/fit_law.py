@@ -253,6 +253,9 @@ def run(argv_input: str, form: str) -> dict:
                      "directory whose plan.json records the sweep.")
   # Read before the fit, so that a bad path or table fails in a second.
   repeats = [_joined("repeats", r, _alternative(r)[1]) for r in _REPEATS.value]
+  if _COST_FIGURE.value and not report_lib.granularity_cost(table):
+    raise ValueError("--cost_figure: no family (G > 1) has a dense model of "
+                     "the same budget and depth to compare with.")
   if _ALTERNATIVES.value:
     reference = _REFERENCE.value or _INPUT_LABEL.value
     tables = _alternatives(table, reference)

@@ -1557,6 +1557,23 @@ def test_fit_law_binary_repeats_refuse_a_point_twice():
   assert "fitted in" not in proc.stderr and not proc.stdout
 
 
+def test_fit_law_binary_cost_figure_needs_family_and_dense_pairs(tmp_path):
+  """--cost_figure on dense models only has nothing to draw: a one-line
+  error before the fit, and no figure."""
+  table = synthetic_table()
+  path = tmp_path / "dense.csv"
+  _write_csv(path, laws.table.select(table, table["granularity"] == 1))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={path}", f"--cost_figure={tmp_path / 'cost.png'}"],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "fit_law: error: --cost_figure: no family (G > 1) has a dense model of "
+      "the same budget and depth to compare with.")
+  assert "fitted in" not in proc.stderr and not (tmp_path / "cost.png").exists()
+
+
 def test_fit_law_binary_budgets_fits_only_those(tmp_path):
   """--budgets fits the rows of those budgets only: the same numbers as the
   library's fit of the table cut by hand; an absent budget is an error."""
