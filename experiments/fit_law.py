@@ -224,6 +224,19 @@ def _alternatives(table, reference: str) -> dict:
   return tables
 
 
+def _repeats() -> list[tuple[str, list[str], dict]]:
+  """--repeats as (label, absolute paths, joined table) each; a bare entry is
+  labelled by its paths' names."""
+  out = []
+  for spec in _REPEATS.value:
+    label, parts = _alternative(spec)
+    label = label or "+".join(os.path.basename(os.path.normpath(p))
+                              for p in parts)
+    out.append((label, [os.path.abspath(_resolve(p)) for p in parts],
+                _joined("repeats", spec, parts)))
+  return out
+
+
 def _cost_curves(report: dict) -> dict:
   """--cost_figure's curves: {label: {G: {budget: ratio}}}."""
   curves = {_INPUT_LABEL.value: report["granularity_cost"]}
@@ -231,13 +244,10 @@ def _cost_curves(report: dict) -> dict:
     curves["each model's best setting"] = {
         g: {c: v["best"] for c, v in by_c.items()}
         for g, by_c in report["setting_check"]["granularity_cost"].items()}
-  for i, spec in enumerate(_REPEATS.value):
-    label, parts = _alternative(spec)
-    label = label or "+".join(os.path.basename(os.path.normpath(p))
-                              for p in parts)
-    curves[label] = {
-        g: {c: v[i + 1] for c, v in by_c.items()}
-        for g, by_c in report["seed_spread"]["granularity_cost"].items()}
+  spread = report.get("seed_spread", {})
+  for i, label in enumerate(spread.get("labels", [])):
+    curves[label] = {g: {c: v[i + 1] for c, v in by_c.items()}
+                     for g, by_c in spread["granularity_cost"].items()}
   return curves
 
 
@@ -252,8 +262,9 @@ def run(argv_input: str, form: str) -> dict:
     raise ValueError("--repeats needs --form=all and an --input results "
                      "directory whose plan.json records the sweep.")
   # Read before the fit, so that a bad path or table fails in a second.
-  repeats = [_joined("repeats", r, _alternative(r)[1]) for r in _REPEATS.value]
-  if _COST_FIGURE.value and not report_lib.granularity_cost(table):
+  repeats = _repeats()
+  cost = report_lib.granularity_cost(table)
+  if _COST_FIGURE.value and not cost:
     raise ValueError("--cost_figure: no family (G > 1) has a dense model of "
                      "the same budget and depth to compare with.")
   if _ALTERNATIVES.value:
@@ -268,12 +279,13 @@ def run(argv_input: str, form: str) -> dict:
       log=lambda line: print(line, file=sys.stderr, flush=True))
   if sweep is not None and form == "all":
     report_lib.analyse_sweep(report, table, sweep)
-  report["granularity_cost"] = report_lib.granularity_cost(table)
+  report["granularity_cost"] = cost
   if repeats:
-    report["seed_spread"] = dict(report_lib.seed_spread(
-        report, table, repeats, sweep.ladder), repeats=[
-            "+".join(os.path.abspath(_resolve(p)) for p in _alternative(r)[1])
-            for r in _REPEATS.value])
+    labels, paths, repeat_tables = zip(*repeats)
+    report["seed_spread"] = dict(
+        report_lib.seed_spread(report, table, list(repeat_tables),
+                               sweep.ladder),
+        repeats=["+".join(p) for p in paths], labels=list(labels))
   if _ALTERNATIVES.value:
     report["setting_check"] = report_lib.setting_check(
         tables, reference, report, sweep.ladder if sweep else None)
@@ -290,20 +302,24 @@ def run(argv_input: str, form: str) -> dict:
   return report
 
 
+# Flags that only act with one of some others: refused alone, not ignored.
+_NEEDS = {"setting_figure": ("alternatives",), "reference": ("alternatives",),
+          "input_label": ("alternatives", "cost_figure"),
+          "best_of": ("alternatives",)}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _INPUT.value:
     raise app.UsageError("--input is required (a CSV or a results directory).")
   # Checked before the fit, so that a mistyped command fails in a second.
-  if not _ALTERNATIVES.value:
-    for name in ("setting_figure", "reference", "input_label", "best_of"):
-      if flags.FLAGS[name].present and not (name == "input_label" and
-                                            _COST_FIGURE.value):
-        raise app.UsageError(f"--{name} only applies with --alternatives"
-                             + (" or --cost_figure." if name == "input_label"
-                                else "."))
-  elif _REFERENCE.value and flags.FLAGS["input_label"].present:
+  for name, needs in _NEEDS.items():
+    if flags.FLAGS[name].present and not any(flags.FLAGS[n].value
+                                             for n in needs):
+      raise app.UsageError(f"--{name} only applies with "
+                           + " or ".join(f"--{n}" for n in needs) + ".")
+  if _REFERENCE.value and flags.FLAGS["input_label"].present:
     raise app.UsageError("--input_label has no use with --reference: the "
                          "input then only gives the law's N*.")
   elif _BEST_OF.value:

@@ -746,6 +746,7 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
   assert spread["models"] == models and spread["seeds"] == 2
   assert spread["repeats"] == [
       f"{tmp_path / 'repeat0.csv'}+{tmp_path / 'repeat1.csv'}"]
+  assert spread["labels"] == ["seed1"]
   assert spread["log_loss_sd"] == pytest.approx(np.log(1.01) / np.sqrt(2),
                                                 rel=1e-9)
   assert f"seed spread: {models} models trained with 2 seeds" in proc.stdout

@@ -482,7 +482,7 @@ def format_seed_spread(spread: dict) -> str:
         line += (f"; reference seed from C = {cs[0]:.3g} to {cs[-1]:.3g}: "
                  f"{change:+.3f} ({abs(change) / sd:.1f}x this SD)")
       lines.append(line)
-  for g, per_budget in spread.get("granularity_cost", {}).items():
+  for g, per_budget in spread["granularity_cost"].items():
     for c, ratios in per_budget.items():
       lines.append(f"  G = {g}, C = {c:.3g}: family / dense loss at equal "
                    "depth per seed " + ", ".join(f"{r:.4f}" for r in ratios)
