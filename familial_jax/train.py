@@ -330,7 +330,8 @@ def host() -> dict:
       info = dict(line.split(":", 1) for line in f if ":" in line)
     info = {k.strip(): v.strip() for k, v in info.items()}
     cpu = " ".join(info.get("model name", cpu).split())
-    flags = set(info.get("flags", "").split())
+    # x86 lists its extensions as "flags", ARM as "Features".
+    flags = set(info.get("flags", info.get("Features", "")).split())
   except (OSError, ValueError):
     pass
   return {"cpu": cpu, "cpu_count": os.cpu_count(),
