@@ -31,6 +31,8 @@ profile's minimum lies with the sweep's setting and with each size's best:
 sweep's setting rerun with the others' data order; --setting_figure draws it;
 --best_of=DIR writes every model at its best setting as a results directory,
 results.csv and plan.json, that this binary then fits like a sweep.)
+--input=DIR+DIR joins the points of one sweep trained in several sittings
+(say the same seed at some budgets, then at others).
 --budgets=4e10,1.2e11,... fits only those budgets' points, say to compare with
 a sweep that ran fewer of them. --cost_figure=PATH draws the cost of granularity
 (family / dense loss at equal budget and depth) against compute: the input's,
@@ -61,7 +63,10 @@ from familial_jax.laws.fitting import BACKENDS
 from familial_jax.results import atomic_write
 
 _INPUT = flags.DEFINE_string(
-    "input", None, "CSV file, or a sweep results directory holding results.csv.")
+    "input", None, "CSV file, or a sweep results directory holding "
+    "results.csv; PATH+PATH joins the points of one sweep trained in several "
+    "sittings (directories: the first's plan.json, with every part's budgets "
+    "and granularities).")
 _FORM = flags.DEFINE_enum(
     "form", "all", ["chinchilla", "multiplicative", "reducible", "branch", "all"],
     "Law to fit; 'all' fits the three unified forms (and the branch law when "
@@ -144,6 +149,23 @@ def _sweep_of(path: str):
   with open(plan) as f:
     recorded = json.load(f).get("sweep")
   return isoflop.sweep_from_dict(recorded) if recorded else None
+
+
+def _joined_sweep(parts: list[str]):
+  """The sweep of results directories trained in several sittings: the
+  first's, with every part's budgets and granularities. None unless every part
+  records a sweep; their shape ladders must agree."""
+  sweeps = [_sweep_of(p) for p in parts]
+  if any(s is None for s in sweeps):
+    return None
+  for part, s in zip(parts[1:], sweeps[1:]):
+    if s.ladder != sweeps[0].ladder:
+      raise ValueError(f"--input: {part}'s plan.json has another shape ladder "
+                       f"than {parts[0]}'s; joined points need the same.")
+  union = lambda name: tuple(sorted({v for s in sweeps
+                                     for v in getattr(s, name)}))
+  return dataclasses.replace(sweeps[0], budgets=union("budgets"),
+                             granularities=union("granularities"))
 
 
 def _only_budgets(table, sweep, wanted: list[str]):
@@ -252,9 +274,11 @@ def _cost_curves(report: dict) -> dict:
 
 
 def run(argv_input: str, form: str) -> dict:
-  path = _resolve(argv_input)
-  table = table_lib.load_csv(path)
-  sweep = _sweep_of(argv_input)
+  parts = argv_input.split("+")
+  inputs = [_resolve(p) for p in parts]
+  table = (table_lib.load_csv(inputs[0]) if len(parts) == 1 else
+           _joined("input", argv_input, parts))
+  sweep = _joined_sweep(parts)
   budgets = None
   if _BUDGETS.value:
     table, sweep, budgets = _only_budgets(table, sweep, _BUDGETS.value)
@@ -292,11 +316,14 @@ def run(argv_input: str, form: str) -> dict:
     if _BEST_OF.value:
       report["best_of"] = _write_best_of(tables, reference, argv_input,
                                          _BEST_OF.value)
-  with open(path, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
+  digests = []
+  for path in inputs:
+    with open(path, "rb") as f:
+      digests.append(hashlib.sha256(f.read()).hexdigest())
   if budgets:
     report["budgets"] = budgets
-  report.update(input=os.path.abspath(path), input_sha256=digest,
+  report.update(input="+".join(os.path.abspath(p) for p in inputs),
+                input_sha256="+".join(digests),
                 n_rows=len(table["loss"]), huber_delta=_DELTA.value,
                 seconds=round(time.time() - start, 2))
   return report
@@ -322,6 +349,9 @@ def main(argv):
   if _REFERENCE.value and flags.FLAGS["input_label"].present:
     raise app.UsageError("--input_label has no use with --reference: the "
                          "input then only gives the law's N*.")
+  elif _BEST_OF.value and "+" in _INPUT.value:
+    raise app.UsageError("--best_of takes one --input directory (its plan.json "
+                         "is copied), not a joined one.")
   elif _BEST_OF.value:
     out = os.path.join(_BEST_OF.value, "results.csv")
     for given in [_INPUT.value] + [p for a in _ALTERNATIVES.value

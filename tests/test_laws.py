@@ -1,6 +1,7 @@
 """Law fitting: published Chinchilla optimum, synthetic recovery, bad input."""
 
 import csv
+import hashlib
 import os
 import json
 import re
@@ -811,6 +812,62 @@ def _rate_tables(*rates, prefix=""):
   return {prefix + rate: laws.table.concat([laws.table.load_csv(
       os.path.join(d, "results.csv")) for d in _RATE_DIRS[rate]])
           for rate in rates}
+
+
+def test_fit_law_joins_an_input_trained_in_sittings(tmp_path):
+  """--input=A+B (a sweep's lowest budget, then the rest, each directory
+  with a plan of its own budgets) fits and analyses as one directory of all
+  the rows under the whole sweep's plan; a part with another ladder is
+  refused."""
+  committed = os.path.join(REPO, "experiments", "results", "tiny_cpu")
+  table = laws.table.load_csv(os.path.join(committed, "results.csv"))
+  with open(os.path.join(committed, "plan.json")) as f:
+    plan = json.load(f)
+  low = table["budget"] == table["budget"].min()
+  parts = {"low": laws.table.select(table, low),
+           "rest": laws.table.select(table, ~low),
+           "all": laws.table.concat([laws.table.select(table, low),
+                                     laws.table.select(table, ~low)])}
+  for name, part in parts.items():
+    (tmp_path / name).mkdir()
+    _write_csv(tmp_path / name / "results.csv", part)
+    sweep = dict(plan["sweep"],
+                 budgets=sorted(set(part["budget"].tolist())))
+    (tmp_path / name / "plan.json").write_text(json.dumps({"sweep": sweep}))
+  assert len(sweep["budgets"]) == 3  # "all" has the committed plan's budgets
+  joined = _fit_law_json(tmp_path / "joined.json", "--bootstrap=0",
+                         f"--input={tmp_path / 'low'}+{tmp_path / 'rest'}")
+  whole = _fit_law_json(tmp_path / "whole.json", "--bootstrap=0",
+                        f"--input={tmp_path / 'all'}")
+  assert joined["analysis"]["at_sweep_budgets"] and joined["claims"]
+  digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+  assert joined.pop("input") == "+".join(
+      str(tmp_path / n / "results.csv") for n in ("low", "rest"))
+  assert joined.pop("input_sha256") == "+".join(
+      digest(tmp_path / n / "results.csv") for n in ("low", "rest"))
+  for report in (joined, whole):
+    del report["seconds"]
+  del whole["input"], whole["input_sha256"]
+  assert joined == whole
+  # Points of another shape ladder cannot be joined.
+  other = json.loads((tmp_path / "rest" / "plan.json").read_text())
+  other["sweep"]["ladder"]["head_dim"] *= 2
+  (tmp_path / "rest" / "plan.json").write_text(json.dumps(other))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={tmp_path / 'low'}+{tmp_path / 'rest'}", "--bootstrap=0"],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1 and proc.stderr.strip().endswith(
+      f"fit_law: error: --input: {tmp_path / 'rest'}'s plan.json has another "
+      f"shape ladder than {tmp_path / 'low'}'s; joined points need the same.")
+  # --best_of copies one input's plan.json, so it takes no joined input.
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={tmp_path / 'low'}+{tmp_path / 'all'}", "--bootstrap=0",
+       f"--alternatives=lr2={tmp_path / 'all'}", f"--best_of={tmp_path}/b"],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1 and not proc.stdout
+  assert "--best_of takes one --input directory" in proc.stderr
 
 
 def _fit_law_json(out, *args):
