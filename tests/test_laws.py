@@ -1378,20 +1378,23 @@ def test_committed_seed_repeats_give_the_readme_spread():
           f"and 4, and {min(eight):.1f} to {max(eight):.1f} for G = 8") in local
 
 
+_SEED1_RATES = ("6e-3", "1.2e-2", "2.4e-2", "4.8e-2")
+
+
 def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
-  """seeds/seed1_best/ retrains the lowest and top budgets with seed 1, each
-  model at the rate best_of_rates/ chose for it with seed 0 (the same plan
-  otherwise); the cost of granularity rises between them with both seeds,
-  by what seeds/README.md says."""
+  """seeds/seed1_best/ retrains the whole sweep with seed 1, each model at the
+  rate best_of_rates/ chose for it with seed 0 (the same plan otherwise); the
+  cost of granularity rises with compute with both seeds, and seed 1's own
+  law matches seed 0's, by what seeds/README.md and the READMEs say."""
   from familial_jax import isoflop
   from familial_jax.laws import report as report_lib
   best_dir = os.path.join(_LR, "best_of_rates")
   seeds = os.path.join(_CPU_LARGE, "seeds", "seed1_best")
-  rates = ("6e-3", "1.2e-2", "2.4e-2", "4.8e-2")
   with open(os.path.join(best_dir, "results.csv")) as f:
     chosen = {(float(r["budget"]), int(r["params"]), int(r["granularity"])):
               r["setting"] for r in csv.DictReader(f)}
-  for rate in rates:
+  seen = set()
+  for rate in _SEED1_RATES:
     for name in os.listdir(os.path.join(seeds, f"lr{rate}", "records")):
       with open(os.path.join(seeds, f"lr{rate}", "records", name)) as f:
         record = json.load(f)
@@ -1402,37 +1405,59 @@ def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
       assert chosen[record["budget"], record["N"], record["G"]] == f"lr{rate}"
       assert [record[k] for k in ("N", "D", "C", "steps")] == [
           twin[k] for k in ("N", "D", "C", "steps")]
+      seen.add(name)
+  assert len(seen) == len(set(chosen)) == 156
   with open(os.path.join(best_dir, "fits.json")) as f:
     report = json.load(f)
+  with open(os.path.join(seeds, "fits.json")) as f:
+    report1 = json.load(f)
   with open(os.path.join(best_dir, "plan.json")) as f:
     ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
   best = laws.table.load_csv(os.path.join(best_dir, "results.csv"))
   seed1 = laws.table.concat([laws.table.load_csv(
-      os.path.join(seeds, f"lr{r}", "results.csv")) for r in rates])
+      os.path.join(seeds, f"lr{r}", "results.csv")) for r in _SEED1_RATES])
   spread = report_lib.seed_spread(report, best, [seed1], ladder)
-  assert spread["models"] == 52
+  assert spread["models"] == 156
   local = _flat_text(_CPU_LARGE, "seeds", "README.md")
   cost = spread["granularity_cost"]
-  levels = []
+  budgets = sorted(cost[2])
+  assert len(budgets) == 6
+  levels, rises, slopes = [], {0: [], 1: []}, {0: [], 1: []}
   for g in (2, 4, 8):
-    (low0, low1), (top0, top1) = cost[g][4e10], cost[g][2.88e12]
-    assert top0 > low0 and top1 > low1  # the rise, with both seeds
-    assert (f"| {g} | {low0:.4f} | {top0:.4f} | {low1:.4f} | {top1:.4f} | "
-            f"{100 * (top0 - low0):+.2f} | {100 * (top1 - low1):+.2f} |"
-            ) in local
-    levels += [abs(low1 - low0), abs(top1 - top0)]
-  rise1 = min(100 * (cost[g][2.88e12][1] - cost[g][4e10][1]) for g in (2, 4, 8))
-  assert (f"a budget's level moves by {100 * min(levels):.1f} to "
-          f"{100 * max(levels):.1f} points between the seeds") in local
-  assert f"with seed 1 it is at least {rise1:.1f} points at every G" in local
-  rises1 = [100 * (cost[g][2.88e12][1] - cost[g][4e10][1]) for g in (2, 4, 8)]
-  level = f"{100 * min(levels):.1f} to {100 * max(levels):.1f} points"
-  assert (f"give a rise of {rises1[0]:.2f}, {rises1[1]:.2f} and {rises1[2]:.2f} "
-          f"points (`../seeds/seed1_best/`). A budget's level moves by {level}"
-          ) in _flat_text(_LR, "README.md")
-  assert (f"shows the same rise, {min(rises1):.1f} to {max(rises1):.1f} points, "
-          f"with levels {level} apart from seed 0's") in _flat_text(REPO,
-                                                                  "README.md")
+    for seed in (0, 1):
+      ys = [cost[g][c][seed] for c in budgets]
+      slope = 100 * np.polyfit(np.log10(budgets), ys, 1)[0]
+      assert slope > 0 and ys[-1] > ys[0]  # the rise, with both seeds
+      assert (f"| {g} | {seed} | " + " | ".join(f"{y:.4f}" for y in ys)
+              + f" | {slope:+.2f} |") in local
+      rises[seed].append(100 * (ys[-1] - ys[0]))
+      slopes[seed].append(slope)
+    levels += [100 * abs(cost[g][c][1] - cost[g][c][0]) for c in budgets]
+  # ... but seed 1's G = 4 and 8 costs peak at 3.6e11, not at the top.
+  for g in (4, 8):
+    assert max(cost[g], key=lambda c: cost[g][c][1]) == 3.6e11
+  rise = lambda seed: ", ".join(f"{r:+.2f}" for r in rises[seed])
+  assert (f"G = 2, 4, 8: {rise(0)} points with seed 0, {rise(1)} with seed 1"
+          ) in local
+  level = f"{min(levels):.1f} to {max(levels):.1f} points"
+  assert f"A budget's level moves by {level} between the seeds" in local
+  assert (f"a rise of {rises[1][0]:.2f}, {rises[1][1]:.2f} and {rises[1][2]:.2f} "
+          f"points, and a least-squares line through all six budgets rises by "
+          f"{slopes[1][0]:.2f}, {slopes[1][1]:.2f} and {slopes[1][2]:.2f} points "
+          f"per decade of compute (seed 0: {slopes[0][0]:.2f}, "
+          f"{slopes[0][1]:.2f} and {slopes[0][2]:.2f}; `../seeds/seed1_best/`). "
+          f"A budget's level moves by {level}") in _flat_text(_LR, "README.md")
+  span = lambda v: f"{min(v):.1f} to {max(v):.1f}"
+  gamma = lambda r: "{:.4f} [{:.4f}, {:.4f}]".format(
+      r["fits"]["multiplicative"]["params"]["gamma"],
+      *r["fits"]["multiplicative"]["bootstrap"]["intervals"]["gamma"])
+  assert (f"shows the same rise, {span(rises[1])} points from end to end and "
+          f"{span(slopes[1])} points per decade of compute (seed 0: "
+          f"{span(slopes[0])}), though not budget by budget (levels {level} "
+          f"apart from seed 0's), and its own fit gives gamma {gamma(report1)}"
+          ) in _flat_text(REPO, "README.md")
+  assert (f"seed 1's own fit gives gamma {gamma(report1)} against seed 0's "
+          f"{gamma(report)}") in _flat_text(_CPU_LARGE, "README.md")
   # Seed 1 against seed 0, model by model (the family losses that
   # setting_check pairs): the log ratio's mean by G and its spread by budget.
   pairs = report_lib.setting_check({"seed 0": best, "seed 1": seed1},
@@ -1440,20 +1465,70 @@ def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
   logs = {(p["budget"], p["granularity"]): [
       np.log(s["losses"]["seed 1"] / s["losses"]["seed 0"])
       for s in p["sizes"]] for p in pairs["profiles"]}
-  assert pairs["models"] == 52
-  shift, sd = {}, {}
-  for c in (4e10, 2.88e12):
-    sd[c] = 100 * np.std(sum((v for (b, _), v in logs.items() if b == c), []),
-                         ddof=1) / np.sqrt(2)
-    shift[c] = {g: 100 * np.mean(logs[c, g]) for g in (1, 2, 4, 8)}
-  fams = lambda c: [shift[c][g] for g in (2, 4, 8)]
-  assert (f"its dense models are {shift[2.88e12][1]:.2f}% worse than seed 0's "
-          f"on average and its families {min(fams(2.88e12)):+.2f}% to "
-          f"{max(fams(2.88e12)):+.2f}% (at 4e10: dense {shift[4e10][1]:+.2f}%, "
-          f"families {min(fams(4e10)):+.2f}% to {max(fams(4e10)):+.2f}%)"
-          ) in local
-  assert (f"by an SD of {sd[4e10]:.2f}% at 4e10 and {sd[2.88e12]:.2f}% at "
-          "2.88e12") in local
+  assert pairs["models"] == 156
+  shift = {k: 100 * np.mean(v) for k, v in logs.items()}
+  sd = [100 * np.std(sum((v for (b, _), v in logs.items() if b == c), []),
+                     ddof=1) / np.sqrt(2) for c in budgets]
+  fams = lambda c: (f"{min(shift[c, g] for g in (2, 4, 8)):+.2f}% to "
+                    f"{max(shift[c, g] for g in (2, 4, 8)):+.2f}%")
+  assert shift[3.6e11, 4] > 0 and shift[3.6e11, 8] > 0 > shift[3.6e11, 1]
+  assert (f"families lose {shift[3.6e11, 4]:.2f}% and {shift[3.6e11, 8]:.2f}% "
+          f"more than seed 0's on average and its dense models "
+          f"{-shift[3.6e11, 1]:.2f}% less") in local
+  assert (f"its dense models are {shift[2.88e12, 1]:.2f}% worse than seed 0's "
+          f"on average and its families {fams(2.88e12)} (at 4e10: dense "
+          f"{shift[4e10, 1]:+.2f}%, families {fams(4e10)})") in local
+  assert ("by an SD of " + ", ".join(f"{v:.2f}%" for v in sd[:-1])
+          + f" and {sd[-1]:.2f}% from 4e10 to 2.88e12") in local
+  # Seed 1's own law against seed 0's, row by row of the README's table.
+  def column(r):
+    a, fits = r["analysis"], r["fits"]
+    interval = lambda form: "{:.4f} [{:.4f}, {:.4f}]".format(
+        fits[form]["params"]["gamma"],
+        *fits[form]["bootstrap"]["intervals"]["gamma"])
+    optimal = a["at_sweep_budgets"]["compute_optimal"]["1"]["params"]
+    el = a["at_sweep_budgets"]["efficiency_leverage"]["4"]
+    m = fits["multiplicative"]["params"]
+    return [
+        f"{r['selected_form']} ({fits['chinchilla']['heldout_rmse_log']:.4f}; "
+        f"{fits['multiplicative']['heldout_rmse_log']:.4f})",
+        interval("multiplicative"), interval("reducible"), interval("branch"),
+        f"{m['alpha']:.3f}, {m['beta']:.3f}", f"{optimal[-1] / 1e3:.1f}k",
+        f"{a['minima_exponents']['1']['law']:.3f}",
+        f"{el[0]['loss_ratio']:.3f} to {el[-1]['loss_ratio']:.3f}",
+        ", ".join(f"{a['minima_exponents'][g]['data']:.2f}"
+                  for g in ("1", "2", "4", "8")),
+        ", ".join(re.split(r"[:(]", c["verdict"])[0].strip()
+                  for c in r["claims"])]
+  for a, b in zip(column(report), column(report1)):
+    assert f" | {a} | {b} |" in local
+  assert column(report)[-1] == column(report1)[-1] == (
+      "holds, holds, does not hold")
+  assert report["selected_form"] == report1["selected_form"] == "chinchilla"
+  g0, g1 = (r["fits"]["multiplicative"]["params"]["gamma"]
+            for r in (report, report1))
+  widths = [np.diff(r["fits"]["multiplicative"]["bootstrap"]["intervals"][
+      "gamma"])[0] for r in (report, report1)]
+  assert abs(g1 - g0) < 0.1 * min(widths)
+  assert f"Gamma moves by {abs(g1 - g0):.4f}, under a tenth" in local
+  n0, n1 = (r["analysis"]["at_sweep_budgets"]["compute_optimal"]["1"][
+      "params"][-1] for r in (report, report1))
+  assert f"moves by {100 * abs(n1 / n0 - 1):.1f}%; the" in local
+  assert ("the exponent of C in N_min drops from "
+          f"{report['analysis']['minima_exponents']['8']['data']:.2f} to "
+          f"{report1['analysis']['minima_exponents']['8']['data']:.2f}") in local
+
+
+@pytest.mark.slow
+def test_fit_law_reproduces_the_committed_seed1_best_fit(tmp_path):
+  """seeds/README.md's command refits seed 1's law from its four rate
+  directories joined (about 25 s of fitting on 2 cores)."""
+  seeds = os.path.join(_CPU_LARGE, "seeds", "seed1_best")
+  got = _fit_law_json(tmp_path / "fits.json", "--input=" + "+".join(
+      os.path.join(seeds, f"lr{r}") for r in _SEED1_RATES),
+                      "--bootstrap=200", "--resample=budget")
+  with open(os.path.join(seeds, "fits.json")) as f:
+    _assert_reproduces(got, json.load(f))
 
 
 def test_committed_learning_rate_check_gives_the_readme_numbers():
