@@ -1437,17 +1437,19 @@ def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
   for g in (4, 8):
     assert max(cost[g], key=lambda c: cost[g][c][1]) == 3.6e11
   rise = lambda seed: ", ".join(f"{r:+.2f}" for r in rises[seed])
+  span = lambda v: f"{min(v):.1f} to {max(v):.1f}"
   assert (f"G = 2, 4, 8: {rise(0)} points with seed 0, {rise(1)} with seed 1"
           ) in local
   level = f"{min(levels):.1f} to {max(levels):.1f} points"
   assert f"A budget's level moves by {level} between the seeds" in local
+  assert (f"all six least-squares lines rise, by "
+          f"{span(slopes[0] + slopes[1])} points per decade") in local
   assert (f"a rise of {rises[1][0]:.2f}, {rises[1][1]:.2f} and {rises[1][2]:.2f} "
           f"points, and a least-squares line through all six budgets rises by "
           f"{slopes[1][0]:.2f}, {slopes[1][1]:.2f} and {slopes[1][2]:.2f} points "
           f"per decade of compute (seed 0: {slopes[0][0]:.2f}, "
           f"{slopes[0][1]:.2f} and {slopes[0][2]:.2f}; `../seeds/seed1_best/`). "
           f"A budget's level moves by {level}") in _flat_text(_LR, "README.md")
-  span = lambda v: f"{min(v):.1f} to {max(v):.1f}"
   gamma = lambda r: "{:.4f} [{:.4f}, {:.4f}]".format(
       r["fits"]["multiplicative"]["params"]["gamma"],
       *r["fits"]["multiplicative"]["bootstrap"]["intervals"]["gamma"])
