@@ -1521,6 +1521,66 @@ def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
           f"{report1['analysis']['minima_exponents']['8']['data']:.2f}") in local
 
 
+def test_committed_third_seed_gives_the_readme_numbers():
+  """seeds/seed2_best/ retrains the four lower budgets with seed 2 at the
+  rates of seed1_best/: seed 1's peak at 3.6e11 is not seed 2's, and every
+  seed's cost of granularity rises over those budgets, as seeds/README.md
+  says."""
+  from familial_jax import isoflop
+  from familial_jax.laws import report as report_lib
+  best_dir = os.path.join(_LR, "best_of_rates")
+  seeds = os.path.join(_CPU_LARGE, "seeds")
+  with open(os.path.join(best_dir, "results.csv")) as f:
+    chosen = {(float(r["budget"]), int(r["params"]), int(r["granularity"])):
+              r["setting"] for r in csv.DictReader(f)}
+  rates2 = sorted(os.listdir(os.path.join(seeds, "seed2_best")))
+  rates2 = [r[2:] for r in rates2 if r.startswith("lr")]
+  n = 0
+  for rate in rates2:
+    for name in os.listdir(os.path.join(seeds, "seed2_best", f"lr{rate}",
+                                        "records")):
+      with open(os.path.join(seeds, "seed2_best", f"lr{rate}", "records",
+                             name)) as f:
+        record = json.load(f)
+      assert record["seed"] == 2 and record["budget"] <= 7.2e11
+      assert record["config"]["learning_rate"] == float(rate)
+      assert chosen[record["budget"], record["N"], record["G"]] == f"lr{rate}"
+      n += 1
+  assert n == 104
+  with open(os.path.join(best_dir, "fits.json")) as f:
+    report = json.load(f)
+  with open(os.path.join(best_dir, "plan.json")) as f:
+    ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
+  load = lambda n, rates: laws.table.concat([laws.table.load_csv(
+      os.path.join(seeds, f"seed{n}_best", f"lr{r}", "results.csv"))
+                                              for r in rates])
+  spread = report_lib.seed_spread(
+      report, laws.table.load_csv(os.path.join(best_dir, "results.csv")),
+      [load(1, _SEED1_RATES), load(2, rates2)], ladder)
+  assert spread["models"] == 104 and spread["seeds"] == 3
+  cost = spread["granularity_cost"]
+  budgets = sorted(cost[2])
+  assert budgets == [4e10, 1.2e11, 3.6e11, 7.2e11]
+  slopes = [100 * np.polyfit(np.log10(budgets),
+                             [cost[g][c][i] for c in budgets], 1)[0]
+            for g in (2, 4, 8) for i in range(3)]
+  sds = [100 * np.std(cost[g][c], ddof=1) for g in (2, 4, 8) for c in budgets]
+  assert min(slopes) > 0
+  peak = lambda i: f"{cost[4][3.6e11][i]:.4f} and {cost[8][3.6e11][i]:.4f}"
+  for g in (4, 8):  # seed 1's peak is well above seeds 0 and 2
+    v = cost[g][3.6e11]
+    assert v[1] - max(v[0], v[2]) > 0.01
+  local = _flat_text(_CPU_LARGE, "seeds", "README.md")
+  assert (f"at 3.6e11 is {peak(2)} (G = 4, 8), against seed 0's {peak(0)} and "
+          f"seed 1's {peak(1)}: the peak was seed 1's") in local
+  assert (f"rise, by {min(slopes):.1f} to {max(slopes):.1f} points per decade, "
+          f"and the seed SD of a budget's cost is {min(sds):.1f} to "
+          f"{max(sds):.1f} points") in local
+  assert (f"(all nine lines of three seeds by {min(slopes):.1f} to "
+          f"{max(slopes):.1f} points per decade there)") in _flat_text(
+              REPO, "README.md")
+
+
 @pytest.mark.slow
 def test_fit_law_reproduces_the_committed_seed1_best_fit(tmp_path):
   """seeds/README.md's command refits seed 1's law from its four rate
