@@ -275,6 +275,9 @@ def _cost_curves(report: dict) -> dict:
 
 def run(argv_input: str, form: str) -> dict:
   parts = argv_input.split("+")
+  if not all(parts):
+    raise ValueError(f"--input={argv_input} has an empty part; join paths as "
+                     "PATH+PATH.")
   inputs = [_resolve(p) for p in parts]
   table = (table_lib.load_csv(inputs[0]) if len(parts) == 1 else
            _joined("input", argv_input, parts))

@@ -868,6 +868,13 @@ def test_fit_law_joins_an_input_trained_in_sittings(tmp_path):
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 1 and not proc.stdout
   assert "--best_of takes one --input directory" in proc.stderr
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={tmp_path / 'low'}+", "--bootstrap=0"],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1 and proc.stderr.strip().endswith(
+      f"fit_law: error: --input={tmp_path / 'low'}+ has an empty part; join "
+      "paths as PATH+PATH.")
 
 
 def _fit_law_json(out, *args):
