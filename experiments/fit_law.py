@@ -220,12 +220,16 @@ def _alternative(spec: str) -> tuple[str, list[str]]:
   return label, alt.split("+")
 
 
-def _joined(flag: str, label: str, parts: list[str]):
-  """The tables at parts (CSVs or results directories) as one table."""
+def _joined(flag: str, spec: str, parts: list[str], label: str = ""):
+  """The tables at parts (CSVs or results directories; spec: the flag's entry
+  that names them) as one table; errors name the entry, or label."""
+  if not all(parts):
+    raise ValueError(f"--{flag}={spec} has an empty part; join paths as "
+                     "PATH+PATH.")
   try:
     return table_lib.concat([table_lib.load_csv(_resolve(p)) for p in parts])
   except ValueError as e:
-    raise ValueError(f"--{flag}: {label}: {e}") from None
+    raise ValueError(f"--{flag}: {label or spec}: {e}") from None
 
 
 def _alternatives(table, reference: str) -> dict:
@@ -239,7 +243,7 @@ def _alternatives(table, reference: str) -> dict:
     label = label or os.path.basename(os.path.normpath(parts[0]))
     if label in tables:
       raise ValueError(f"--alternatives: the label {label!r} is used twice.")
-    tables[label] = _joined("alternatives", label, parts)
+    tables[label] = _joined("alternatives", spec, parts, label)
   if reference not in tables:
     raise ValueError(f"--reference={reference} is not a label of "
                      f"--alternatives ({sorted(tables)}).")
@@ -254,8 +258,8 @@ def _repeats() -> list[tuple[str, list[str], dict]]:
     label, parts = _alternative(spec)
     label = label or "+".join(os.path.basename(os.path.normpath(p))
                               for p in parts)
-    out.append((label, [os.path.abspath(_resolve(p)) for p in parts],
-                _joined("repeats", spec, parts)))
+    table = _joined("repeats", spec, parts)
+    out.append((label, [os.path.abspath(_resolve(p)) for p in parts], table))
   return out
 
 
@@ -275,12 +279,9 @@ def _cost_curves(report: dict) -> dict:
 
 def run(argv_input: str, form: str) -> dict:
   parts = argv_input.split("+")
-  if not all(parts):
-    raise ValueError(f"--input={argv_input} has an empty part; join paths as "
-                     "PATH+PATH.")
-  inputs = [_resolve(p) for p in parts]
-  table = (table_lib.load_csv(inputs[0]) if len(parts) == 1 else
+  table = (table_lib.load_csv(_resolve(argv_input)) if len(parts) == 1 else
            _joined("input", argv_input, parts))
+  inputs = [_resolve(p) for p in parts]
   sweep = _joined_sweep(parts)
   budgets = None
   if _BUDGETS.value:

@@ -875,6 +875,14 @@ def test_fit_law_joins_an_input_trained_in_sittings(tmp_path):
   assert proc.returncode == 1 and proc.stderr.strip().endswith(
       f"fit_law: error: --input={tmp_path / 'low'}+ has an empty part; join "
       "paths as PATH+PATH.")
+  # ... as every PATH+PATH of the binary does.
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
+       f"--input={tmp_path / 'all'}", f"--repeats=s1={tmp_path / 'low'}+",
+       "--bootstrap=0"], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 1 and proc.stderr.strip().endswith(
+      f"fit_law: error: --repeats=s1={tmp_path / 'low'}+ has an empty part; "
+      "join paths as PATH+PATH.")
 
 
 def _fit_law_json(out, *args):
@@ -1726,12 +1734,16 @@ def test_fit_law_binary_unknown_form(tmp_path):
      "--input_label has no use with --reference"),
     (["--alternatives=lr2=PATH+PATH"], "lr2: 100 row(s) appear more than once"),
     (["--alternatives=PATH+PATH"], "give it a label, LABEL=PATH+PATH"),
+    (["--alternatives=lr2=PATH+"], "has an empty part; join paths as "
+     "PATH+PATH."),
+    (["--alternatives=lr2=PATH+", "--best_of=DIR/best"], "has an empty part"),
 ])
 def test_fit_law_binary_setting_flags_need_alternatives(tmp_path, flags_given,
                                                         message):
   """Flags of the setting check are refused, before any fit, when they
   would be ignored, --best_of when it would overwrite an input, and
-  --alternatives joining a point twice or joining without a label."""
+  --alternatives joining a point twice, joining without a label or with an
+  empty part."""
   path = tmp_path / "results.csv"
   _write_csv(path, synthetic_table())
   before = path.read_bytes()
