@@ -814,6 +814,20 @@ def _rate_tables(*rates, prefix=""):
           for rate in rates}
 
 
+def _run_fit_law(*args):
+  """experiments/fit_law.py run with args, its output captured."""
+  return subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"), *args],
+      capture_output=True, text=True, timeout=900)
+
+
+def _fit_law_json(out, *args):
+  """Runs experiments/fit_law.py with --output=out; its JSON."""
+  proc = _run_fit_law(*args, f"--output={out}")
+  assert proc.returncode == 0, proc.stderr
+  return json.loads(out.read_text())
+
+
 def test_fit_law_joins_an_input_trained_in_sittings(tmp_path):
   """--input=A+B (a sweep's lowest budget, then the rest, each directory
   with a plan of its own budgets) fits and analyses as one directory of all
@@ -853,45 +867,27 @@ def test_fit_law_joins_an_input_trained_in_sittings(tmp_path):
   other = json.loads((tmp_path / "rest" / "plan.json").read_text())
   other["sweep"]["ladder"]["head_dim"] *= 2
   (tmp_path / "rest" / "plan.json").write_text(json.dumps(other))
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={tmp_path / 'low'}+{tmp_path / 'rest'}", "--bootstrap=0"],
-      capture_output=True, text=True, timeout=600)
+  proc = _run_fit_law(f"--input={tmp_path / 'low'}+{tmp_path / 'rest'}",
+                      "--bootstrap=0")
   assert proc.returncode == 1 and proc.stderr.strip().endswith(
       f"fit_law: error: --input: {tmp_path / 'rest'}'s plan.json has another "
       f"shape ladder than {tmp_path / 'low'}'s; joined points need the same.")
   # --best_of copies one input's plan.json, so it takes no joined input.
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={tmp_path / 'low'}+{tmp_path / 'all'}", "--bootstrap=0",
-       f"--alternatives=lr2={tmp_path / 'all'}", f"--best_of={tmp_path}/b"],
-      capture_output=True, text=True, timeout=600)
+  proc = _run_fit_law(f"--input={tmp_path / 'low'}+{tmp_path / 'all'}",
+                      "--bootstrap=0", f"--alternatives=lr2={tmp_path / 'all'}",
+                      f"--best_of={tmp_path}/b")
   assert proc.returncode == 1 and not proc.stdout
   assert "--best_of takes one --input directory" in proc.stderr
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={tmp_path / 'low'}+", "--bootstrap=0"],
-      capture_output=True, text=True, timeout=600)
+  proc = _run_fit_law(f"--input={tmp_path / 'low'}+", "--bootstrap=0")
   assert proc.returncode == 1 and proc.stderr.strip().endswith(
       f"fit_law: error: --input={tmp_path / 'low'}+ has an empty part; join "
       "paths as PATH+PATH.")
   # ... as every PATH+PATH of the binary does.
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={tmp_path / 'all'}", f"--repeats=s1={tmp_path / 'low'}+",
-       "--bootstrap=0"], capture_output=True, text=True, timeout=600)
+  proc = _run_fit_law(f"--input={tmp_path / 'all'}",
+                      f"--repeats=s1={tmp_path / 'low'}+", "--bootstrap=0")
   assert proc.returncode == 1 and proc.stderr.strip().endswith(
       f"fit_law: error: --repeats=s1={tmp_path / 'low'}+ has an empty part; "
       "join paths as PATH+PATH.")
-
-
-def _fit_law_json(out, *args):
-  """Runs experiments/fit_law.py with --output=out; its JSON."""
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       *args, f"--output={out}"], capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr
-  return json.loads(out.read_text())
 
 
 @pytest.mark.slow
@@ -1396,41 +1392,57 @@ def test_committed_seed_repeats_give_the_readme_spread():
 _SEED1_RATES = ("6e-3", "1.2e-2", "2.4e-2", "4.8e-2")
 
 
+def _best_rates_baseline():
+  """lr1.2e-2/best_of_rates/ (seed 0, each model at its best rate): its
+  fits.json, shape ladder, loss table and {(budget, N, G): rate label}."""
+  from familial_jax import isoflop
+  best_dir = os.path.join(_LR, "best_of_rates")
+  with open(os.path.join(best_dir, "fits.json")) as f:
+    report = json.load(f)
+  with open(os.path.join(best_dir, "plan.json")) as f:
+    ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
+  with open(os.path.join(best_dir, "results.csv")) as f:
+    chosen = {(float(r["budget"]), int(r["params"]), int(r["granularity"])):
+              r["setting"] for r in csv.DictReader(f)}
+  return (report, ladder,
+          laws.table.load_csv(os.path.join(best_dir, "results.csv")), chosen)
+
+
+def _best_rate_repeat(name, seed, rates):
+  """seeds/<name>/'s records, each checked against best_of_rates/: trained
+  with this seed at the rate seed 0 found best for it, with its seed-0
+  twin's N, D, C and steps; and the rates' loss tables joined."""
+  chosen = _best_rates_baseline()[-1]
+  records = []
+  for rate in rates:
+    records_dir = os.path.join(_CPU_LARGE, "seeds", name, f"lr{rate}",
+                               "records")
+    for file in os.listdir(records_dir):
+      with open(os.path.join(records_dir, file)) as f:
+        record = json.load(f)
+      with open(os.path.join(_LR, "records", file)) as f:
+        twin = json.load(f)
+      assert record["seed"] == seed and twin["seed"] == 0
+      assert record["config"]["learning_rate"] == float(rate)
+      assert chosen[record["budget"], record["N"], record["G"]] == f"lr{rate}"
+      assert [record[k] for k in ("N", "D", "C", "steps")] == [
+          twin[k] for k in ("N", "D", "C", "steps")]
+      records.append(record)
+  return records, laws.table.concat([laws.table.load_csv(os.path.join(
+      _CPU_LARGE, "seeds", name, f"lr{r}", "results.csv")) for r in rates])
+
+
 def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
   """seeds/seed1_best/ retrains the whole sweep with seed 1, each model at the
   rate best_of_rates/ chose for it with seed 0 (the same plan otherwise); the
   cost of granularity rises with compute with both seeds, and seed 1's own
   law matches seed 0's, by what seeds/README.md and the READMEs say."""
-  from familial_jax import isoflop
   from familial_jax.laws import report as report_lib
-  best_dir = os.path.join(_LR, "best_of_rates")
-  seeds = os.path.join(_CPU_LARGE, "seeds", "seed1_best")
-  with open(os.path.join(best_dir, "results.csv")) as f:
-    chosen = {(float(r["budget"]), int(r["params"]), int(r["granularity"])):
-              r["setting"] for r in csv.DictReader(f)}
-  seen = set()
-  for rate in _SEED1_RATES:
-    for name in os.listdir(os.path.join(seeds, f"lr{rate}", "records")):
-      with open(os.path.join(seeds, f"lr{rate}", "records", name)) as f:
-        record = json.load(f)
-      with open(os.path.join(_LR, "records", name)) as f:
-        twin = json.load(f)
-      assert record["seed"] == 1 and twin["seed"] == 0
-      assert record["config"]["learning_rate"] == float(rate)
-      assert chosen[record["budget"], record["N"], record["G"]] == f"lr{rate}"
-      assert [record[k] for k in ("N", "D", "C", "steps")] == [
-          twin[k] for k in ("N", "D", "C", "steps")]
-      seen.add(name)
-  assert len(seen) == len(set(chosen)) == 156
-  with open(os.path.join(best_dir, "fits.json")) as f:
-    report = json.load(f)
-  with open(os.path.join(seeds, "fits.json")) as f:
+  report, ladder, best, chosen = _best_rates_baseline()
+  records, seed1 = _best_rate_repeat("seed1_best", 1, _SEED1_RATES)
+  assert len({r["point_id"] for r in records}) == len(chosen) == 156
+  with open(os.path.join(_CPU_LARGE, "seeds", "seed1_best", "fits.json")) as f:
     report1 = json.load(f)
-  with open(os.path.join(best_dir, "plan.json")) as f:
-    ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
-  best = laws.table.load_csv(os.path.join(best_dir, "results.csv"))
-  seed1 = laws.table.concat([laws.table.load_csv(
-      os.path.join(seeds, f"lr{r}", "results.csv")) for r in _SEED1_RATES])
   spread = report_lib.seed_spread(report, best, [seed1], ladder)
   assert spread["models"] == 156
   local = _flat_text(_CPU_LARGE, "seeds", "README.md")
@@ -1541,37 +1553,16 @@ def test_committed_third_seed_gives_the_readme_numbers():
   rates of seed1_best/: seed 1's peak at 3.6e11 is not seed 2's, and every
   seed's cost of granularity rises over those budgets, as seeds/README.md
   says."""
-  from familial_jax import isoflop
   from familial_jax.laws import report as report_lib
-  best_dir = os.path.join(_LR, "best_of_rates")
-  seeds = os.path.join(_CPU_LARGE, "seeds")
-  with open(os.path.join(best_dir, "results.csv")) as f:
-    chosen = {(float(r["budget"]), int(r["params"]), int(r["granularity"])):
-              r["setting"] for r in csv.DictReader(f)}
-  rates2 = sorted(os.listdir(os.path.join(seeds, "seed2_best")))
-  rates2 = [r[2:] for r in rates2 if r.startswith("lr")]
-  n = 0
-  for rate in rates2:
-    for name in os.listdir(os.path.join(seeds, "seed2_best", f"lr{rate}",
-                                        "records")):
-      with open(os.path.join(seeds, "seed2_best", f"lr{rate}", "records",
-                             name)) as f:
-        record = json.load(f)
-      assert record["seed"] == 2 and record["budget"] <= 7.2e11
-      assert record["config"]["learning_rate"] == float(rate)
-      assert chosen[record["budget"], record["N"], record["G"]] == f"lr{rate}"
-      n += 1
-  assert n == 104
-  with open(os.path.join(best_dir, "fits.json")) as f:
-    report = json.load(f)
-  with open(os.path.join(best_dir, "plan.json")) as f:
-    ladder = isoflop.sweep_from_dict(json.load(f)["sweep"]).ladder
-  load = lambda n, rates: laws.table.concat([laws.table.load_csv(
-      os.path.join(seeds, f"seed{n}_best", f"lr{r}", "results.csv"))
-                                              for r in rates])
+  report, ladder, best, _ = _best_rates_baseline()
+  rates2 = [r[2:] for r in sorted(os.listdir(os.path.join(
+      _CPU_LARGE, "seeds", "seed2_best"))) if r.startswith("lr")]
+  records, seed2 = _best_rate_repeat("seed2_best", 2, rates2)
+  assert len(records) == 104
+  assert all(r["budget"] <= 7.2e11 for r in records)
   spread = report_lib.seed_spread(
-      report, laws.table.load_csv(os.path.join(best_dir, "results.csv")),
-      [load(1, _SEED1_RATES), load(2, rates2)], ladder)
+      report, best, [_best_rate_repeat("seed1_best", 1, _SEED1_RATES)[1],
+                     seed2], ladder)
   assert spread["models"] == 104 and spread["seeds"] == 3
   cost = spread["granularity_cost"]
   budgets = sorted(cost[2])
