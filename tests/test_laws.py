@@ -1432,6 +1432,28 @@ def _best_rate_repeat(name, seed, rates):
       _CPU_LARGE, "seeds", name, f"lr{r}", "results.csv")) for r in rates])
 
 
+def _law_column(r):
+  """A fits.json's column of seeds/README.md's law table, row by row."""
+  a, fits = r["analysis"], r["fits"]
+  interval = lambda form: "{:.4f} [{:.4f}, {:.4f}]".format(
+      fits[form]["params"]["gamma"],
+      *fits[form]["bootstrap"]["intervals"]["gamma"])
+  optimal = a["at_sweep_budgets"]["compute_optimal"]["1"]["params"]
+  el = a["at_sweep_budgets"]["efficiency_leverage"]["4"]
+  m = fits["multiplicative"]["params"]
+  return [
+      f"{r['selected_form']} ({fits['chinchilla']['heldout_rmse_log']:.4f}; "
+      f"{fits['multiplicative']['heldout_rmse_log']:.4f})",
+      interval("multiplicative"), interval("reducible"), interval("branch"),
+      f"{m['alpha']:.3f}, {m['beta']:.3f}", f"{optimal[-1] / 1e3:.1f}k",
+      f"{a['minima_exponents']['1']['law']:.3f}",
+      f"{el[0]['loss_ratio']:.3f} to {el[-1]['loss_ratio']:.3f}",
+      ", ".join(f"{a['minima_exponents'][g]['data']:.2f}"
+                for g in ("1", "2", "4", "8")),
+      ", ".join(re.split(r"[:(]", c["verdict"])[0].strip()
+                for c in r["claims"])]
+
+
 def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
   """seeds/seed1_best/ retrains the whole sweep with seed 1, each model at the
   rate best_of_rates/ chose for it with seed 0 (the same plan otherwise); the
@@ -1510,28 +1532,9 @@ def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
   assert ("by an SD of " + ", ".join(f"{v:.2f}%" for v in sd[:-1])
           + f" and {sd[-1]:.2f}% from 4e10 to 2.88e12") in local
   # Seed 1's own law against seed 0's, row by row of the README's table.
-  def column(r):
-    a, fits = r["analysis"], r["fits"]
-    interval = lambda form: "{:.4f} [{:.4f}, {:.4f}]".format(
-        fits[form]["params"]["gamma"],
-        *fits[form]["bootstrap"]["intervals"]["gamma"])
-    optimal = a["at_sweep_budgets"]["compute_optimal"]["1"]["params"]
-    el = a["at_sweep_budgets"]["efficiency_leverage"]["4"]
-    m = fits["multiplicative"]["params"]
-    return [
-        f"{r['selected_form']} ({fits['chinchilla']['heldout_rmse_log']:.4f}; "
-        f"{fits['multiplicative']['heldout_rmse_log']:.4f})",
-        interval("multiplicative"), interval("reducible"), interval("branch"),
-        f"{m['alpha']:.3f}, {m['beta']:.3f}", f"{optimal[-1] / 1e3:.1f}k",
-        f"{a['minima_exponents']['1']['law']:.3f}",
-        f"{el[0]['loss_ratio']:.3f} to {el[-1]['loss_ratio']:.3f}",
-        ", ".join(f"{a['minima_exponents'][g]['data']:.2f}"
-                  for g in ("1", "2", "4", "8")),
-        ", ".join(re.split(r"[:(]", c["verdict"])[0].strip()
-                  for c in r["claims"])]
-  for a, b in zip(column(report), column(report1)):
+  for a, b in zip(_law_column(report), _law_column(report1)):
     assert f" | {a} | {b} |" in local
-  assert column(report)[-1] == column(report1)[-1] == (
+  assert _law_column(report)[-1] == _law_column(report1)[-1] == (
       "holds, holds, does not hold")
   assert report["selected_form"] == report1["selected_form"] == "chinchilla"
   g0, g1 = (r["fits"]["multiplicative"]["params"]["gamma"]
