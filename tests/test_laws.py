@@ -1408,11 +1408,11 @@ def _best_rates_baseline():
           laws.table.load_csv(os.path.join(best_dir, "results.csv")), chosen)
 
 
-def _best_rate_repeat(name, seed, rates):
-  """seeds/<name>/'s records, each checked against best_of_rates/: trained
-  with this seed at the rate seed 0 found best for it, with its seed-0
-  twin's N, D, C and steps; and the rates' loss tables joined."""
-  chosen = _best_rates_baseline()[-1]
+def _best_rate_repeat(name, seed, rates, chosen):
+  """seeds/<name>/'s records, each checked against best_of_rates/ (`chosen`,
+  from `_best_rates_baseline`): trained with this seed at the rate seed 0
+  found best for it, with its seed-0 twin's N, D, C and steps; and the
+  rates' loss tables joined."""
   records = []
   for rate in rates:
     records_dir = os.path.join(_CPU_LARGE, "seeds", name, f"lr{rate}",
@@ -1432,19 +1432,42 @@ def _best_rate_repeat(name, seed, rates):
       _CPU_LARGE, "seeds", name, f"lr{r}", "results.csv")) for r in rates])
 
 
+def _gamma(r, form="multiplicative"):
+  """A fits.json's gamma of `form` with its 95% interval, as READMEs quote it."""
+  fit = r["fits"][form]
+  return "{:.4f} [{:.4f}, {:.4f}]".format(
+      fit["params"]["gamma"], *fit["bootstrap"]["intervals"]["gamma"])
+
+
+def _seed_log_ratios(best, repeat):
+  """`setting_check`'s pairing of a repeat's family losses with seed 0's
+  (`best`): the number of models paired and {(budget, G): [log of repeat
+  over seed 0, per size]}."""
+  from familial_jax.laws import report as report_lib
+  pairs = report_lib.setting_check({"seed 0": best, "repeat": repeat},
+                                   "seed 0")
+  return pairs["models"], {(p["budget"], p["granularity"]): [
+      np.log(s["losses"]["repeat"] / s["losses"]["seed 0"])
+      for s in p["sizes"]] for p in pairs["profiles"]}
+
+
+def _per_model_sd(logs, budgets):
+  """Per budget, the SD (%) of a model's loss between two seeds: the sample
+  SD of `_seed_log_ratios`' logs over the budget's models, over sqrt 2."""
+  return [100 * np.std(sum((v for (b, _), v in logs.items() if b == c), []),
+                       ddof=1) / np.sqrt(2) for c in budgets]
+
+
 def _law_column(r):
   """A fits.json's column of seeds/README.md's law table, row by row."""
   a, fits = r["analysis"], r["fits"]
-  interval = lambda form: "{:.4f} [{:.4f}, {:.4f}]".format(
-      fits[form]["params"]["gamma"],
-      *fits[form]["bootstrap"]["intervals"]["gamma"])
   optimal = a["at_sweep_budgets"]["compute_optimal"]["1"]["params"]
   el = a["at_sweep_budgets"]["efficiency_leverage"]["4"]
   m = fits["multiplicative"]["params"]
   return [
       f"{r['selected_form']} ({fits['chinchilla']['heldout_rmse_log']:.4f}; "
       f"{fits['multiplicative']['heldout_rmse_log']:.4f})",
-      interval("multiplicative"), interval("reducible"), interval("branch"),
+      _gamma(r), _gamma(r, "reducible"), _gamma(r, "branch"),
       f"{m['alpha']:.3f}, {m['beta']:.3f}", f"{optimal[-1] / 1e3:.1f}k",
       f"{a['minima_exponents']['1']['law']:.3f}",
       f"{el[0]['loss_ratio']:.3f} to {el[-1]['loss_ratio']:.3f}",
@@ -1461,7 +1484,8 @@ def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
   law matches seed 0's, by what seeds/README.md and the READMEs say."""
   from familial_jax.laws import report as report_lib
   report, ladder, best, chosen = _best_rates_baseline()
-  records, seed1 = _best_rate_repeat("seed1_best", 1, _SEED1_RATES)
+  records, seed1 = _best_rate_repeat("seed1_best", 1, _SEED1_RATES,
+                                     chosen)
   assert len({r["point_id"] for r in records}) == len(chosen) == 156
   with open(os.path.join(_CPU_LARGE, "seeds", "seed1_best", "fits.json")) as f:
     report1 = json.load(f)
@@ -1499,27 +1523,19 @@ def test_committed_best_rate_seed_repeat_gives_the_readme_trend():
           f"per decade of compute (seed 0: {slopes[0][0]:.2f}, "
           f"{slopes[0][1]:.2f} and {slopes[0][2]:.2f}; `../seeds/seed1_best/`). "
           f"A budget's level moves by {level}") in _flat_text(_LR, "README.md")
-  gamma = lambda r: "{:.4f} [{:.4f}, {:.4f}]".format(
-      r["fits"]["multiplicative"]["params"]["gamma"],
-      *r["fits"]["multiplicative"]["bootstrap"]["intervals"]["gamma"])
   assert (f"shows the same rise, {span(rises[1])} points from end to end and "
           f"{span(slopes[1])} points per decade of compute (seed 0: "
           f"{span(slopes[0])}), though not budget by budget (levels {level} "
-          f"apart from seed 0's), and its own fit gives gamma {gamma(report1)}"
+          f"apart from seed 0's), and its own fit gives gamma {_gamma(report1)}"
           ) in _flat_text(REPO, "README.md")
-  assert (f"seed 1's own fit gives gamma {gamma(report1)} against seed 0's "
-          f"{gamma(report)}") in _flat_text(_CPU_LARGE, "README.md")
+  assert (f"seed 1's own fit gives gamma {_gamma(report1)} against seed 0's "
+          f"{_gamma(report)}") in _flat_text(_CPU_LARGE, "README.md")
   # Seed 1 against seed 0, model by model (the family losses that
   # setting_check pairs): the log ratio's mean by G and its spread by budget.
-  pairs = report_lib.setting_check({"seed 0": best, "seed 1": seed1},
-                                   "seed 0")
-  logs = {(p["budget"], p["granularity"]): [
-      np.log(s["losses"]["seed 1"] / s["losses"]["seed 0"])
-      for s in p["sizes"]] for p in pairs["profiles"]}
-  assert pairs["models"] == 156
+  paired, logs = _seed_log_ratios(best, seed1)
+  assert paired == 156
   shift = {k: 100 * np.mean(v) for k, v in logs.items()}
-  sd = [100 * np.std(sum((v for (b, _), v in logs.items() if b == c), []),
-                     ddof=1) / np.sqrt(2) for c in budgets]
+  sd = _per_model_sd(logs, budgets)
   fams = lambda c: (f"{min(shift[c, g] for g in (2, 4, 8)):+.2f}% to "
                     f"{max(shift[c, g] for g in (2, 4, 8)):+.2f}%")
   assert shift[3.6e11, 4] > 0 and shift[3.6e11, 8] > 0 > shift[3.6e11, 1]
@@ -1558,7 +1574,7 @@ def test_committed_third_seed_gives_the_readme_numbers():
   the middle, and seed 2's own law is seed 0's, as the READMEs say."""
   from familial_jax.laws import report as report_lib
   report, ladder, best, chosen = _best_rates_baseline()
-  records, seed2 = _best_rate_repeat("seed2_best", 2, _SEED1_RATES)
+  records, seed2 = _best_rate_repeat("seed2_best", 2, _SEED1_RATES, chosen)
   assert len({r["point_id"] for r in records}) == len(records) == len(
       chosen) == 156
   # The top budget ran on another processor than the rest; the records say so.
@@ -1566,8 +1582,8 @@ def test_committed_third_seed_gives_the_readme_numbers():
                  if (r["budget"] == 2.88e12) == top} for top in (True, False)}
   assert hosts == {True: {"AMD EPYC"}, False: {"Intel(R) Xeon(R) Processor"}}
   spread = report_lib.seed_spread(
-      report, best, [_best_rate_repeat("seed1_best", 1, _SEED1_RATES)[1],
-                     seed2], ladder)
+      report, best, [_best_rate_repeat("seed1_best", 1, _SEED1_RATES,
+                                        chosen)[1], seed2], ladder)
   assert spread["models"] == 156 and spread["seeds"] == 3
   cost = spread["granularity_cost"]
   budgets = sorted(cost[2])
@@ -1587,9 +1603,10 @@ def test_committed_third_seed_gives_the_readme_numbers():
   sds = [100 * np.std(cost[g][c], ddof=1) for g in (2, 4, 8) for c in budgets]
   assert min(slopes) > 0 and min(rises) > 0
   two = lambda v: f"{min(v):.2f} to {max(v):.2f}"
-  assert ("from the lowest budget to the top by " + ", ".join(
-      f"{r:+.2f}" for r in rises[2::3][:2]) + f" and {rises[8]:+.2f} points "
-          f"(G = 2, 4, 8), and all nine least-squares lines (three seeds, G = 2, "
+  seed2_rises = ", ".join(f"{r:+.2f}" for r in rises[2:-1:3]) + (
+      f" and {rises[-1]:+.2f} points")
+  assert ("from the lowest budget to the top by " + seed2_rises
+          + f" (G = 2, 4, 8), and all nine least-squares lines (three seeds, G = 2, "
           f"4, 8) rise, by {two(slopes)} points per decade") in local
   # Seed 2's own out-of-line budget: G = 4 and 8 highest at 7.2e11, and
   # every G falls from 7.2e11 to 1.44e12.
@@ -1615,54 +1632,46 @@ def test_committed_third_seed_gives_the_readme_numbers():
   assert (f"it is {min(up):.1f} to {max(up):.1f} points higher at 3.6e11 than "
           "at 4e10 (G = 8 dips at 1.2e11 first), stays within 0.6 points from "
           "3.6e11 to 1.44e12, and is highest at the top budget") in local
-  every = [100 * (cost[g][budgets[-1]][i] - cost[g][budgets[0]][i])
-           for g in (2, 4, 8) for i in range(3)]
-  assert (f"with every seed, by {min(every):.1f} to {max(every):.1f} points"
+  assert (f"with every seed, by {min(rises):.1f} to {max(rises):.1f} points"
           ) in local
   # Seed 2's own law against seed 0's (its column of the law table).
   with open(os.path.join(_CPU_LARGE, "seeds", "seed2_best", "fits.json")) as f:
     report2 = json.load(f)
-  for a, c in zip(_law_column(report), _law_column(report2)):
-    assert f" | {a} | " in local and f" | {c} |" in local
   with open(os.path.join(_CPU_LARGE, "seeds", "seed1_best", "fits.json")) as f:
-    column1 = _law_column(json.load(f))
-  for a, b, c in zip(_law_column(report), column1, _law_column(report2)):
+    report1 = json.load(f)
+  for a, b, c in zip(*map(_law_column, (report, report1, report2))):
     assert f" | {a} | {b} | {c} |" in local
   assert report2["selected_form"] == "chinchilla"
   assert _law_column(report2)[-1] == "holds, holds, does not hold"
-  gamma = lambda r: "{:.4f} [{:.4f}, {:.4f}]".format(
-      r["fits"]["multiplicative"]["params"]["gamma"],
-      *r["fits"]["multiplicative"]["bootstrap"]["intervals"]["gamma"])
   g0, g2 = (r["fits"]["multiplicative"]["params"]["gamma"]
             for r in (report, report2))
   n0, n2 = (r["analysis"]["at_sweep_budgets"]["compute_optimal"]["1"][
       "params"][-1] for r in (report, report2))
-  assert (f"gamma {gamma(report2)}, {abs(g2 - g0):.4f} from seed 0's; the "
+  assert (f"gamma {_gamma(report2)}, {abs(g2 - g0):.4f} from seed 0's; the "
           f"law's N* at the top budget {100 * abs(n2 / n0 - 1):.1f}% "
           f"{'below' if n2 < n0 else 'above'} seed 0's") in local
-  assert (f"seed 2's: {gamma(report2)})") in _flat_text(_CPU_LARGE, "README.md")
+  assert (f"seed 2's: {_gamma(report2)})") in _flat_text(_CPU_LARGE, "README.md")
   # Seed 2's G = 8 minima: three budgets, the rest lowest at the smallest size.
   rows = [r for r in report2["analysis"]["isoflop_minima"]
           if r["granularity"] == 8]
   assert report2["analysis"]["minima_exponents"]["8"]["budgets"] == 3
   assert [r["edge"] for r in rows[:3]] == ["smallest"] * 3
   assert all(r["bracketed"] for r in rows[3:])
+  assert [r["edge"] for r in report1["analysis"]["isoflop_minima"]
+          if r["granularity"] == 8].count("smallest") == 2
+  assert "size, as two of seed 1's do)" in local
   # A model's loss between seeds 2 and 0, by budget.
-  pairs = report_lib.setting_check({"seed 0": best, "seed 2": seed2}, "seed 0")
-  logs = {(p["budget"], p["granularity"]): [
-      np.log(s["losses"]["seed 2"] / s["losses"]["seed 0"])
-      for s in p["sizes"]] for p in pairs["profiles"]}
-  sd = [100 * np.std(sum((v for (b, _), v in logs.items() if b == c), []),
-                     ddof=1) / np.sqrt(2) for c in budgets]
+  paired, logs = _seed_log_ratios(best, seed2)
+  assert paired == 156
+  sd = _per_model_sd(logs, budgets)
   assert ("between seeds 2 and 0 by an SD of " + ", ".join(
       f"{v:.2f}%" for v in sd[:-1]) + f" and {sd[-1]:.2f}% from 4e10 to "
           "2.88e12") in local
   root = _flat_text(REPO, "README.md")
   assert (f"(all nine lines of three seeds by {two(slopes)} points per decade; "
-          f"gamma {gamma(report2)}, the same choice and verdicts)") in root
+          f"gamma {_gamma(report2)}, the same choice and verdicts)") in root
   assert "level within 0.6 points from 3.6e11 to 1.44e12" in root
-  assert (", ".join(f"{r:+.2f}" for r in rises[2::3][:2])
-          + f" and {rises[8]:+.2f} points); the mean of the three seeds is "
+  assert (seed2_rises + "); the mean of the three seeds is "
           "highest at the top budget, but level within 0.6 points from "
           "3.6e11 to 1.44e12") in _flat_text(_LR, "README.md")
 
