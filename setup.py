@@ -33,7 +33,7 @@ setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "dev": ["pytest>=8", "scipy>=1.11", "hypothesis>=6"],
+        "dev": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "hypothesis>=6"],
         "cuda": ["jax[cuda12]>=0.7.0,<0.11"],
         "tpu": ["jax[tpu]>=0.7.0,<0.11"],
     },
