@@ -537,6 +537,40 @@ def test_isoflop_minima_by_hand():
     laws.isoflop_minima(table, half_width=0)
 
 
+def test_isoflop_minima_average_repeats_of_a_model():
+  """Rows of one model given more than once (seeds, with or without an exit
+  column) are one size of the profile, at their mean loss: the minima equal
+  those of the table averaged by hand. Before, each repeat was a size of its
+  own, so a lowest loss at the smallest size could sit in the second row and
+  go unflagged, and the parabola's window of 2 + 1 + 2 rows spanned 3 sizes."""
+  n = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5, 3.2e5])
+  profiles = {1e12: 2.0 + 0.3 * np.log(n / 3e4) ** 2,  # vertex at 3e4
+              1e13: 2.0 + np.log(n / 1e4)}  # lowest at the smallest size
+  rng = np.random.default_rng(0)
+  rows, means = [], []
+  for c, loss in profiles.items():
+    for x, y in zip(n, loss):
+      seeds = y + rng.normal(0, 0.02, 3)
+      # Repeats in an order that puts the first size's lowest repeat second.
+      rows += [(x, c / (6 * x), 1, c, s) for s in sorted(seeds)[::-1]]
+      means.append((x, c / (6 * x), 1, c, np.mean(seeds)))
+  cols = ("params", "tokens", "granularity", "budget", "loss")
+  table = dict(zip(cols, map(np.array, zip(*rows))))
+  by_hand = laws.isoflop_minima(dict(zip(cols, map(np.array, zip(*means)))))
+  assert [r["points"] for r in by_hand] == [6, 6]
+  assert by_hand[0]["bracketed"] and by_hand[1]["edge"] == "smallest"
+  got = laws.isoflop_minima(table)
+  for a, b in zip(got, by_hand):
+    assert a.keys() == b.keys()
+    for k in a:
+      assert a[k] == (pytest.approx(b[k], rel=1e-12)
+                      if isinstance(b[k], float) else b[k]), k
+  # The same with an exit column (G = 1: one exit a model).
+  got = laws.isoflop_minima(dict(table, exit=np.ones(len(rows))))
+  assert [r["edge"] for r in got] == [None, "smallest"]
+  assert got[0]["params"] == pytest.approx(by_hand[0]["params"], rel=1e-12)
+
+
 def test_isoflop_minima_of_a_law_find_its_compute_optimum_and_exponent():
   """Profiles sampled from a known law along a ladder (sizes 1.5x apart,
   D from the budget with the exact FLOPs per token): the data-only vertex

@@ -342,20 +342,23 @@ def isoflop_minima(table, half_width: int = 2) -> list[dict]:
   fewer than 3), and N_min is None.
 
   Args:
-    table: a loss table (per-exit rows are averaged into family losses)
-      with a `budget` column (without one, budgets are 6ND on a grid).
+    table: a loss table with a `budget` column (without one, budgets are 6ND
+      on a grid). A model's rows (its exits, and its repeats: rows with the
+      same params, tokens, G and budget, such as seeds) are averaged into one
+      size of its profile (`table.model_table`).
     half_width: neighbours on each side of the lowest point in the parabola.
 
   Returns:
     One row per profile, by G then budget: {"budget", "granularity",
-    "points", "bracketed", "params" (N_min) and "loss" (the parabola there;
-    both None unless bracketed), "lowest_params", "lowest_tokens",
-    "lowest_loss" (the lowest observed point), "edge" ("smallest" or
-    "largest" when the lowest loss is at that end, else None)}.
+    "points" (its sizes), "bracketed", "params" (N_min) and "loss" (the
+    parabola there; both None unless bracketed), "lowest_params",
+    "lowest_tokens", "lowest_loss" (the lowest observed point), "edge"
+    ("smallest" or "largest" when the lowest loss is at that end, else
+    None)}.
   """
   if not isinstance(half_width, int) or half_width < 1:
     raise ValueError(f"half_width must be an integer >= 1, got {half_width!r}.")
-  fam = table_lib.family_table(table_lib.as_table(table))
+  fam = table_lib.model_table(table_lib.as_table(table))
   table_lib.check_positive_finite(fam, ("params", "loss"))
   budget = table_lib.budgets_of(fam)
   rows = []

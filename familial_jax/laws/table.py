@@ -87,8 +87,13 @@ def family_table(table: Table) -> Table:
   Rows without an `exit` column are returned unchanged. Models are told apart
   by (params, tokens, granularity, budget).
   """
-  if "exit" not in table:
-    return table
+  return model_table(table) if "exit" in table else table
+
+
+def model_table(table: Table) -> Table:
+  """One row per model, (params, tokens, granularity, budget), at the mean
+  loss of all its rows: its exits, and its repeats (seeds) if the table
+  holds a model more than once. Other columns are dropped."""
   keys = [k for k in ("params", "tokens", "granularity", "budget") if k in table]
   stacked = np.stack([table[k] for k in keys], 1)
   uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
