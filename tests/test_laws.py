@@ -302,6 +302,47 @@ def test_compute_optimal_matches_brute_force_and_spends_the_budget():
   assert opt["params"][1] > opt["params"][0]
 
 
+def test_allocation_refuses_impossible_budgets_and_granularities():
+  """A budget that is not a positive number, or a G that is not a whole
+  number >= 1, is a clear ValueError (before, compute_optimal returned NaN
+  for C < 0, a loss of 0 for G = 0, and an allocation for G = 2.5); a whole
+  G given as a float or numpy integer is the same G."""
+  form = laws.get_form("multiplicative")
+  result = fitting.FitResult(
+      form="multiplicative", params=TRUE, raw=form.from_natural(TRUE),
+      objective=0.0, converged=True, grad_norm=0.0, residuals=np.zeros(0),
+      predictions=np.zeros(0), huber_delta=1e-3, n_points=0, n_starts=0)
+  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
+                       head_dim=8)
+  bad = [(dict(budgets=-1e18), "budgets must be finite and > 0"),
+         (dict(budgets=[1e18, float("nan")]), "budgets must be finite"),
+         (dict(budgets=[]), "budgets must be finite"),
+         (dict(budgets="lots"), "budgets must be finite"),
+         (dict(granularity=0), "granularity must be a whole number >= 1"),
+         (dict(granularity=2.5), "granularity must be a whole number"),
+         (dict(granularity=None), "granularity must be a whole number"),
+         (dict(n_range=(1e9, 1e3)), "n_range must be"),
+         (dict(n_grid=2), "n_grid must be an integer >= 3")]
+  for change, message in bad:
+    args = dict(budgets=1e18, granularity=4, n_range=(1e3, 1e13), n_grid=401)
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+      laws.compute_optimal(result, args.pop("budgets"),
+                           args.pop("granularity"), ladder, **args)
+  want = laws.compute_optimal(result, [1e18], 4, ladder)
+  for g in (4.0, np.int64(4)):
+    got = laws.compute_optimal(result, 1e18, g, ladder)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+  el = dict(n_params=1e6, exit_params=[5e5, 1e6], tokens=1e9, granularity=2,
+            compute_ratio=False)
+  for change, message in [(dict(tokens=0.0), "tokens must be finite"),
+                          (dict(n_params=-1.0), "n_params must be finite"),
+                          (dict(exit_params=[5e5, 0]), "exit_params must be"),
+                          (dict(granularity=2.5), "granularity must be")]:
+    with pytest.raises(ValueError, match=message):
+      laws.efficiency_leverage(result, ladder=ladder, **dict(el, **change))
+
+
 def test_seed_spread_by_hand():
   """report.seed_spread: the pooled SD of log family loss over the models a
   repeat shares with the reference, and each seed's observed EL there,
@@ -1797,6 +1838,45 @@ def test_fit_law_binary_bad_input_is_clean(tmp_path):
   assert proc.returncode != 0
   assert "fit_law: error:" in proc.stderr and "not a number" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_a_table_without_budgets_groups_by_6nd_at_any_scale():
+  """Without a budget column a row's budget is 6ND on a 0.05-decade grid, at
+  LLM scale too: budgets of 1e19 to 1e23 FLOPs come out as themselves
+  (before, 10 ** round(20 log10 6ND) / 20 overflowed to inf above 6ND of
+  about 10^15.4 and put every row in one budget), and held-out selection
+  and IsoFLOP minima equal those of the same table with the budgets given."""
+  form = laws.get_form("multiplicative")
+  a, b = TRUE["alpha"], TRUE["beta"]
+  rows = []
+  for c in [1e19, 1e20, 1e21, 1e22, 1e23]:
+    # Chinchilla's N* at C = 6ND: (alpha A / (beta B))^(1/(a+b)) (C/6)^(b/(a+b)).
+    n_star = ((a * TRUE["A"] / (b * TRUE["B"])) ** (1 / (a + b)) *
+              (c / 6) ** (b / (a + b)))
+    for k in range(-3, 4):
+      n = n_star * 10 ** (0.25 * k + 0.1)
+      d = c / (6 * n) * (1 + 0.01 * k)  # 6ND off C by up to 3%
+      rows.append((n, d, c, form.predict(TRUE, n, d, 1)))
+  cols = ("params", "tokens", "budget", "loss")
+  given = dict(zip(cols, map(np.array, zip(*rows))))
+  bare = {k: given[k] for k in ("params", "tokens", "loss")}
+  budgets = laws.table.budgets_of(bare)
+  np.testing.assert_allclose(budgets, given["budget"], rtol=1e-12)
+  ratio = np.log10(6 * bare["params"] * bare["tokens"] / budgets)
+  assert np.all(np.abs(ratio) <= 0.025)
+  # The grid's 10^23 is 1 ulp above the float 1e23, so budgets compare
+  # approximately; everything fitted on them is the same to the bit.
+  got = laws.leave_one_budget_out(bare, forms=("chinchilla",))
+  want = laws.leave_one_budget_out(given, forms=("chinchilla",))
+  got_per, want_per = (r["forms"]["chinchilla"].pop("per_budget")
+                       for r in (got, want))
+  assert got == want
+  assert list(got_per.values()) == list(want_per.values())
+  np.testing.assert_allclose(list(got_per), list(want_per), rtol=1e-15)
+  minima = laws.isoflop_minima(bare)
+  for a, b in zip(minima, laws.isoflop_minima(given), strict=True):
+    assert a.pop("budget") == pytest.approx(b.pop("budget"), rel=1e-15)
+    assert a == b and a["bracketed"]
 
 
 def test_table_concat_joins_sittings_and_refuses_a_point_twice():

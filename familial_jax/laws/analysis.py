@@ -233,6 +233,28 @@ def _law(result):
   return lambda n, d, g: form.predict(result.params, n, d, g)
 
 
+def _positive(name, value) -> np.ndarray:
+  """`value` as float64, or a ValueError unless all of it is finite and > 0."""
+  try:
+    array = np.asarray(value, np.float64)
+  except (TypeError, ValueError):
+    array = np.array([np.nan])
+  if array.size == 0 or not np.all(np.isfinite(array) & (array > 0)):
+    raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
+  return array
+
+
+def _check_granularity(granularity) -> None:
+  """A ValueError unless G is a whole number >= 1 (4, 4.0 or np.int64(4))."""
+  try:
+    ok = float(granularity) >= 1 and float(granularity).is_integer()
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(f"granularity must be a whole number >= 1, got "
+                     f"{granularity!r}.")
+
+
 def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
                     n_range=(1e3, 1e13), n_grid: int = 4001) -> dict:
   """Compute-optimal allocation N*(C, G), D*(C, G) along a shape ladder.
@@ -252,9 +274,20 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
 
   Returns:
     {"budget", "params" (N*), "tokens" (D*), "loss"}: arrays over budgets.
+
+  Raises:
+    ValueError: a budget that is not finite and > 0, G not a whole number
+      >= 1, or a bad n_range or n_grid.
   """
   law = _law(result)
-  budgets = np.atleast_1d(np.asarray(budgets, np.float64))
+  budgets = np.atleast_1d(_positive("budgets", budgets))
+  _check_granularity(granularity)
+  bounds = _positive("n_range", n_range).reshape(-1)
+  if bounds.shape != (2,) or not bounds[0] < bounds[1]:
+    raise ValueError(f"n_range must be (min, max) with 0 < min < max, got "
+                     f"{n_range!r}.")
+  if not isinstance(n_grid, (int, np.integer)) or n_grid < 3:
+    raise ValueError(f"n_grid must be an integer >= 3, got {n_grid!r}.")
   log_n = np.linspace(np.log(n_range[0]), np.log(n_range[1]), n_grid)
   n = np.exp(log_n)
   fpt = ladder.train_flops_per_token(n, granularity)
@@ -295,7 +328,10 @@ def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
      "dense_tokens", "family_flops", "dense_flops_to_match"}.
   """
   law = _law(result)
-  exit_params = np.asarray(exit_params, np.float64).reshape(-1)
+  _check_granularity(granularity)
+  _positive("n_params", n_params)
+  _positive("tokens", tokens)
+  exit_params = _positive("exit_params", exit_params).reshape(-1)
   if len(exit_params) != granularity:
     raise ValueError(f"exit_params has {len(exit_params)} entries for "
                      f"G={granularity}.")

@@ -139,7 +139,8 @@ def budgets_of(table: Table) -> np.ndarray:
   """The budget of every row: the `budget` column, or 6ND on a 0.05-decade grid."""
   if "budget" in table:
     return table["budget"]
-  return 10 ** np.round(np.log10(6 * table["params"] * table["tokens"]) * 20) / 20
+  log_c = np.log10(6 * table["params"] * table["tokens"])
+  return 10 ** (np.round(log_c * 20) / 20)
 
 
 def load_csv(path: str) -> Table:
