@@ -23,10 +23,11 @@ Parameter counts (tied embeddings unless said):
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
-from familial_jax.config import ModelConfig
+from familial_jax.config import ModelConfig, _require_ints
 
 
 def block_params(cfg: ModelConfig) -> int:
@@ -169,6 +170,15 @@ class ShapeLadder:
   aspect_ratio: float = 32.0
   ff_ratio: float = 8.0 / 3.0
   head_dim: int = 32
+
+  def __post_init__(self):
+    _require_ints(self, ("vocab_size", "seq_len", "head_dim"), 1)
+    for name in ("aspect_ratio", "ff_ratio"):
+      value = getattr(self, name)
+      if (isinstance(value, bool) or not isinstance(value, (int, float))
+          or not (math.isfinite(value) and value > 0)):
+        raise ValueError(f"ShapeLadder.{name} must be a finite number > 0, "
+                         f"got {value!r}.")
 
   def config(self, n_layers: int, granularity: int = 1,
              **overrides) -> ModelConfig:

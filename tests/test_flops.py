@@ -123,3 +123,21 @@ def test_ladder_depth_inverts_its_parameter_count(granularity):
   # An integer depth comes back.
   assert ladder.layers_for(ladder.non_embedding_params(12, granularity),
                            granularity) == pytest.approx(12, rel=1e-14)
+
+
+def test_a_ladder_refuses_shapes_that_cannot_exist():
+  """Each field of a ShapeLadder that no model could have is a ValueError
+  naming it (before, a vocabulary of 0 or a negative aspect ratio gave FLOPs
+  of 0 or below to every analysis), also from a sweep config's dict."""
+  from familial_jax import isoflop
+  good = dict(vocab_size=256, seq_len=64, aspect_ratio=32, ff_ratio=2.5,
+              head_dim=8)
+  flops.ShapeLadder(**good)  # an int aspect ratio is fine
+  for name, value in [("vocab_size", 0), ("seq_len", 64.0),
+                      ("head_dim", True), ("aspect_ratio", -1.0),
+                      ("aspect_ratio", float("inf")), ("ff_ratio", 0),
+                      ("ff_ratio", "2.5")]:
+    with pytest.raises(ValueError, match=f"ShapeLadder.{name} must be"):
+      flops.ShapeLadder(**dict(good, **{name: value}))
+  with pytest.raises(ValueError, match="ShapeLadder.aspect_ratio must be"):
+    isoflop.sweep_from_dict({"ladder": dict(good, aspect_ratio=0.0)})
