@@ -13,6 +13,7 @@ shape errors from deep inside JAX.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import sys
 from typing import Callable, Sequence
 
@@ -195,11 +196,15 @@ class ModelConfig:
     Args:
       exit_index: 0-based index g of the exit (0 <= g < G).
     """
-    if not 0 <= exit_index < self.granularity:
+    try:  # ints and numpy integers; not bools, floats or strings
+      index = None if isinstance(exit_index, bool) else operator.index(exit_index)
+    except TypeError:
+      index = None
+    if index is None or not 0 <= index < self.granularity:
       raise ValueError(
-          f"exit_index={exit_index} is out of range for a family with "
+          f"exit_index={exit_index!r} is not an exit of a family with "
           f"G={self.granularity} exits (valid: 0..{self.granularity - 1}).")
-    depth = self.exit_layers[exit_index]
+    depth = self.exit_layers[index]
     return dataclasses.replace(self, n_layers=depth, exit_layers=(depth,))
 
 

@@ -1,5 +1,6 @@
 """ModelConfig validation and exit placement."""
 
+import numpy as np
 import pytest
 
 from familial_jax.config import ModelConfig, uniform_exits
@@ -56,6 +57,12 @@ def test_invalid_granularity(n_layers, g, msg):
     uniform_exits(n_layers, g)
 
 
-def test_submodel_index_out_of_range():
-  with pytest.raises(ValueError, match="exit_index"):
-    ModelConfig(n_layers=4).with_uniform_exits(2).submodel(2)
+@pytest.mark.parametrize("index", [2, -1, 1.0, True, "1", None])
+def test_submodel_index_out_of_range(index):
+  """An exit index that is not an integer in 0..G-1 is a ValueError (a float
+  or a string was a TypeError from a tuple lookup); a numpy integer works."""
+  cfg = ModelConfig(n_layers=4).with_uniform_exits(2)
+  with pytest.raises(ValueError, match=r"exit_index=.*valid: 0\.\.1"):
+    cfg.submodel(index)
+  assert cfg.submodel(np.int64(1)) == cfg.submodel(1)
+  assert cfg.submodel(0).n_layers == 2
