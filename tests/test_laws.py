@@ -122,6 +122,12 @@ def test_bootstrap_counts_replicates_that_converged():
   # Cut short, replicates stop before their optimum and say so.
   short = laws.bootstrap(table, result, 20, seed=1, maxiter=1)
   assert short.n_converged < 20
+  # Resampling the budgets of a one-budget table would draw it unchanged
+  # every time: intervals of width 0, not evidence.
+  one = laws.table.select(table, table["budget"] == 1e19)
+  with pytest.raises(ValueError, match="resample='budget' needs at least 2 "
+                     "budgets; the table has 1"):
+    laws.bootstrap(one, laws.fit(one, "chinchilla"), 4, resample="budget")
 
 
 def test_forms_match_their_closed_forms():

@@ -118,6 +118,9 @@ def bootstrap(table, result: fit_lib.FitResult, n_boot: int = 200, *,
   else:
     groups = _budgets(table, form)
     uniq, idx = np.unique(groups, return_inverse=True)
+    if len(uniq) < 2:
+      raise ValueError("resample='budget' needs at least 2 budgets; the table "
+                       f"has {len(uniq)}. Resample points instead.")
     counts = rng.multinomial(len(uniq), np.full(len(uniq), 1 / len(uniq)),
                              size=n_boot)
     weights = counts[:, idx.reshape(-1)]
