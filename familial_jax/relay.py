@@ -147,6 +147,15 @@ class Policy:
     if self.kind not in POLICIES:
       raise ValueError(f"unknown exit policy {self.kind!r}; choose one of "
                        f"{POLICIES}.")
+    if (isinstance(self.threshold, bool) or
+        not isinstance(self.threshold, (int, float, np.floating)) or
+        np.isnan(self.threshold)):
+      raise ValueError(f"Policy.threshold must be a number (not NaN), got "
+                       f"{self.threshold!r}.")
+    if (isinstance(self.index, bool) or
+        not isinstance(self.index, (int, np.integer)) or self.index < 0):
+      raise ValueError(f"Policy.index must be an integer >= 0 (a 0-based "
+                       f"exit), got {self.index!r}.")
 
 
 # ----------------------------------------------------------------------------
@@ -264,10 +273,7 @@ class Relay:
   def new_state(self, prompts: np.ndarray, max_len: int) -> dict:
     """Empty caches for a batch of prompts [B, P] and max_len positions."""
     cfg = self.cfg
-    prompts = np.asarray(prompts)
-    if prompts.ndim != 2 or prompts.shape[1] < 1:
-      raise ValueError(f"prompts must be [batch, length >= 1], got shape "
-                       f"{prompts.shape}.")
+    prompts = _check_prompts(prompts)
     if max_len > cfg.max_seq_len:
       raise ValueError(
           f"prompt plus new tokens ({max_len}) exceed the model's context "
@@ -352,11 +358,14 @@ class Relay:
       and were computed again by a deeper segment's catch-up; latency [B]
       modelled seconds for the n tokens; state (final caches).
     """
-    prompts = np.asarray(prompts)
+    prompts = _check_prompts(prompts)
     p = prompts.shape[1]
     if not isinstance(new_tokens, int) or new_tokens < 1:
       raise ValueError(f"new_tokens must be a positive integer, got "
                        f"{new_tokens!r}.")
+    if policy.kind == "fixed" and policy.index >= self.G:
+      raise ValueError(f"Policy.index={policy.index} is not an exit of this "
+                       f"family (G={self.G}; valid: 0..{self.G - 1}).")
     state = self.new_state(prompts, p + new_tokens)
     b = prompts.shape[0]
     if forced is not None:
@@ -436,6 +445,18 @@ class Relay:
     acct = self._accounts(state["filled"].shape[1])
     for g in range(1, self.G):
       self.advance(state, g, state["filled"][0], acct)
+
+
+def _check_prompts(prompts) -> np.ndarray:
+  """Prompts as an integer array [batch, length >= 1], or a ValueError."""
+  prompts = np.asarray(prompts)
+  if prompts.ndim != 2 or prompts.shape[1] < 1:
+    raise ValueError(f"prompts must be [batch, length >= 1], got shape "
+                     f"{prompts.shape}.")
+  if not np.issubdtype(prompts.dtype, np.integer):
+    raise ValueError(f"prompts must be integer tokens, got dtype "
+                     f"{prompts.dtype}.")
+  return prompts
 
 
 def _logsumexp(x):

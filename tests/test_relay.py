@@ -159,6 +159,25 @@ def test_bad_input_is_a_clear_error(family):
     relay.Relay(CFG, other)
   with pytest.raises(ValueError, match="unknown exit policy"):
     relay.Policy("greedy")
+  # Before, these were an IndexError (a 1-D prompt), tokens truncated from
+  # floats, a fixed exit past the last taken as the last (and -1 as the
+  # first), and a NaN threshold that silently never let a token leave.
+  for prompt, match in [(np.zeros(4, np.int32), r"\[batch, length >= 1\]"),
+                        (np.zeros((1, 0), np.int32), "length >= 1"),
+                        (np.full((1, 4), 2.7), "integer tokens")]:
+    with pytest.raises(ValueError, match=match):
+      r.decode(prompt, 2, relay.Policy())
+  for index in (3, 5):
+    with pytest.raises(ValueError, match=r"index=\d is not an exit of this "
+                       r"family \(G=3; valid: 0..2\)"):
+      r.decode(prompts, 2, relay.Policy("fixed", index=index))
+  for kwargs, match in [(dict(kind="fixed", index=-1), "index must be"),
+                        (dict(kind="fixed", index=1.0), "index must be"),
+                        (dict(threshold=float("nan")), "threshold must be"),
+                        (dict(kind="entropy", threshold="0.5"),
+                         "threshold must be")]:
+    with pytest.raises(ValueError, match=match):
+      relay.Policy(**kwargs)
   with pytest.raises(ValueError, match="no training run"):
     relay.load_family("/nonexistent")
 
