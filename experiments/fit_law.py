@@ -78,6 +78,14 @@ _RESAMPLE = flags.DEFINE_enum("resample", "point", ["point", "budget"],
                               "What the bootstrap resamples.")
 _LEVEL = flags.DEFINE_float("level", 0.95, "Coverage of the intervals.")
 _SEED = flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+# Checked when the flags are parsed, not after minutes of fitting.
+flags.register_validator("bootstrap", lambda v: v == 0 or v >= 2,
+                         "--bootstrap must be 0 (no intervals) or at least 2 "
+                         "replicates.")
+flags.register_validator("level", lambda v: 0 < v < 1,
+                         "--level must be in (0, 1).")
+flags.register_validator("huber_delta", lambda v: 0 < v < float("inf"),
+                         "--huber_delta must be finite and > 0.")
 _BACKEND = flags.DEFINE_enum("backend", "jaxopt", list(BACKENDS),
                              "L-BFGS backend.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the fits here as JSON.")

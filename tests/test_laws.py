@@ -1922,6 +1922,22 @@ def test_fit_law_binary_unknown_form(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+def test_fit_law_binary_refuses_bad_numbers_before_fitting(tmp_path):
+  """--bootstrap, --level and --huber_delta out of range fail when the flags
+  are parsed (before, --bootstrap=1 and --level=2 failed after the fits)."""
+  path = tmp_path / "results.csv"
+  _write_csv(path, synthetic_table())
+  for given, message in [
+      ("--bootstrap=1", "--bootstrap must be 0 (no intervals) or at least 2"),
+      ("--level=2", "--level must be in (0, 1)"),
+      ("--huber_delta=0", "--huber_delta must be finite and > 0"),
+      ("--huber_delta=nan", "--huber_delta must be finite and > 0")]:
+    proc = _run_fit_law(f"--input={path}", given)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert "fitted" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("flags_given, message", [
     (["--setting_figure=x.png"], "--setting_figure only applies with "
      "--alternatives"),
