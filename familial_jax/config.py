@@ -197,8 +197,10 @@ class ModelConfig:
       exit_index: 0-based index g of the exit (0 <= g < G).
     """
     try:  # ints and numpy integers; not bools, floats or strings
-      index = None if isinstance(exit_index, bool) else operator.index(exit_index)
+      index = operator.index(exit_index)
     except TypeError:
+      index = None
+    if isinstance(exit_index, bool):
       index = None
     if index is None or not 0 <= index < self.granularity:
       raise ValueError(

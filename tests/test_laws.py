@@ -1856,7 +1856,8 @@ def test_a_table_without_budgets_groups_by_6nd_at_any_scale():
   a, b = TRUE["alpha"], TRUE["beta"]
   rows = []
   for c in [1e19, 1e20, 1e21, 1e22, 1e23]:
-    # Chinchilla's N* at C = 6ND: (alpha A / (beta B))^(1/(a+b)) (C/6)^(b/(a+b)).
+    # Chinchilla's N* at C = 6ND: (alpha A / (beta B))^(1/(a+b)) *
+    # (C/6)^(b/(a+b)).
     n_star = ((a * TRUE["A"] / (b * TRUE["B"])) ** (1 / (a + b)) *
               (c / 6) ** (b / (a + b)))
     for k in range(-3, 4):
