@@ -34,6 +34,17 @@ def _require_ints(config, names, minimum: int) -> None:
                        f"{value!r}.")
 
 
+def as_index(value) -> int | None:
+  """`value` as an int if it is an integer (int or numpy integer, not a
+  bool), else None."""
+  if isinstance(value, bool):
+    return None
+  try:
+    return operator.index(value)
+  except TypeError:
+    return None
+
+
 def uniform_exits(n_layers: int, granularity: int) -> tuple[int, ...]:
   """Places `granularity` exits uniformly in depth.
 
@@ -196,12 +207,7 @@ class ModelConfig:
     Args:
       exit_index: 0-based index g of the exit (0 <= g < G).
     """
-    try:  # ints and numpy integers; not bools, floats or strings
-      index = operator.index(exit_index)
-    except TypeError:
-      index = None
-    if isinstance(exit_index, bool):
-      index = None
+    index = as_index(exit_index)
     if index is None or not 0 <= index < self.granularity:
       raise ValueError(
           f"exit_index={exit_index!r} is not an exit of a family with "

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from familial_jax.config import ModelConfig, TrainConfig
+from familial_jax.config import ModelConfig, TrainConfig, as_index
 from familial_jax.model import init_params, rotary
 
 POLICIES = ("confidence", "entropy", "fixed", "oracle")
@@ -152,8 +152,8 @@ class Policy:
         np.isnan(self.threshold)):
       raise ValueError(f"Policy.threshold must be a number (not NaN), got "
                        f"{self.threshold!r}.")
-    if (isinstance(self.index, bool) or
-        not isinstance(self.index, (int, np.integer)) or self.index < 0):
+    index = as_index(self.index)
+    if index is None or index < 0:
       raise ValueError(f"Policy.index must be an integer >= 0 (a 0-based "
                        f"exit), got {self.index!r}.")
 

@@ -32,6 +32,19 @@ def chinchilla_table():
   return laws.table.load_epoch_chinchilla(REFERENCE)
 
 
+# A small shape ladder (d_model = 8 x depth) for analysis tests.
+SMALL_LADDER = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
+                           head_dim=8)
+
+
+def _exact_fit(params=TRUE, form="multiplicative"):
+  """A FitResult holding `params` exactly, as if fitted without error."""
+  return fitting.FitResult(
+      form=form, params=params, raw=laws.get_form(form).from_natural(params),
+      objective=0.0, converged=True, grad_norm=0.0, residuals=np.zeros(0),
+      predictions=np.zeros(0), huber_delta=1e-3, n_points=0, n_starts=0)
+
+
 def synthetic_table(seed=0, form="multiplicative", noise=0.005):
   """IsoFLOP design: 5 budgets x 4 G x 5 sizes, log-normal noise."""
   rng = np.random.default_rng(seed)
@@ -313,13 +326,8 @@ def test_allocation_refuses_impossible_budgets_and_granularities():
   number >= 1, is a clear ValueError (before, compute_optimal returned NaN
   for C < 0, a loss of 0 for G = 0, and an allocation for G = 2.5); a whole
   G given as a float or numpy integer is the same G."""
-  form = laws.get_form("multiplicative")
-  result = fitting.FitResult(
-      form="multiplicative", params=TRUE, raw=form.from_natural(TRUE),
-      objective=0.0, converged=True, grad_norm=0.0, residuals=np.zeros(0),
-      predictions=np.zeros(0), huber_delta=1e-3, n_points=0, n_starts=0)
-  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
-                       head_dim=8)
+  result = _exact_fit()
+  ladder = SMALL_LADDER
   bad = [(dict(budgets=-1e18), "budgets must be finite and > 0"),
          (dict(budgets=[1e18, float("nan")]), "budgets must be finite"),
          (dict(budgets=[]), "budgets must be finite"),
@@ -354,8 +362,7 @@ def test_seed_spread_by_hand():
   repeat shares with the reference, and each seed's observed EL there,
   against the reference's EL trend over all its budgets."""
   from familial_jax.laws import report as report_lib
-  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
-                       head_dim=8)
+  ladder = SMALL_LADDER
   params = {"E": 1.5, "A": 30.0, "B": 33.6, "alpha": 0.3, "beta": 0.3,
             "gamma": 0.01}
 
@@ -625,10 +632,7 @@ def test_isoflop_minima_of_a_law_find_its_compute_optimum_and_exponent():
   ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=3.0,
                        ff_ratio=8 / 3, head_dim=6)
   form = laws.get_form("multiplicative")
-  result = fitting.FitResult(
-      form="multiplicative", params=TRUE, raw=form.from_natural(TRUE),
-      objective=0.0, converged=True, grad_norm=0.0, residuals=np.zeros(0),
-      predictions=np.zeros(0), huber_delta=1e-3, n_points=0, n_starts=0)
+  result = _exact_fit()
   rows = []
   for c in [1e11, 1e12, 1e13]:
     for g in [1, 4]:
@@ -2045,8 +2049,7 @@ def test_claims_check_against_hand_computed_ratios():
   """report.claims pairs models of one budget and depth and computes the
   observed ratios by hand-checkable arithmetic; verdicts follow thresholds."""
   from familial_jax.laws import report as report_lib
-  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
-                       head_dim=8)
+  ladder = SMALL_LADDER
   params = {"E": 1.5, "A": 30.0, "B": 33.6, "alpha": 0.3, "beta": 0.3,
             "gamma": 0.01}
   law = laws.get_form("multiplicative")
@@ -2120,8 +2123,7 @@ def test_efficiency_leverage_trend_needs_the_data_to_agree():
   (1.2 -> 1.1) and the observed one rises (families at the second budget
   reach half the loss), so the verdict is undecided."""
   from familial_jax.laws import report as report_lib
-  ladder = ShapeLadder(vocab_size=256, seq_len=64, aspect_ratio=8.0,
-                       head_dim=8)
+  ladder = SMALL_LADDER
   params = {"E": 1.5, "A": 30.0, "B": 33.6, "alpha": 0.3, "beta": 0.3,
             "gamma": 0.01}
   rows = []

@@ -18,10 +18,11 @@ def _python_blocks():
 
 def test_readme_python_examples_run():
   """'Using the model' with a batch of tokens, and 'Fitting scaling laws' on
-  the committed tiny_cpu sweep (its N, D, G, C and per-exit losses): the
-  model gives G logits of [B, T, V] and the exit-1 sub-model its prefix; the
-  fit, its bootstrap and the held-out selection name what the README says
-  they do, and the allocation grows with compute."""
+  the committed tiny_cpu sweep (its N, D, G, C and family losses): the model
+  gives G logits of [B, T, V] and the exit-1 sub-model the family's first
+  exit; the fit converges inside its 200-replicate interval, the selection
+  names a unified form (the best first among the tied), the allocation grows
+  with compute, and every profile gets a minimum row."""
   model_block, fit_block = _python_blocks()
   tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, 256)
   ns = {"tokens": tokens}

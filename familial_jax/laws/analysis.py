@@ -250,10 +250,10 @@ def _positive(name, value) -> np.ndarray:
 def _check_granularity(granularity) -> None:
   """A ValueError unless G is a whole number >= 1 (4, 4.0 or np.int64(4))."""
   try:
-    ok = float(granularity) >= 1 and float(granularity).is_integer()
+    g = float(granularity)
   except (TypeError, ValueError):
-    ok = False
-  if not ok:
+    g = 0.0
+  if not (g >= 1 and g.is_integer()):
     raise ValueError(f"granularity must be a whole number >= 1, got "
                      f"{granularity!r}.")
 
@@ -291,7 +291,7 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
                      f"{n_range!r}.")
   if not isinstance(n_grid, (int, np.integer)) or n_grid < 3:
     raise ValueError(f"n_grid must be an integer >= 3, got {n_grid!r}.")
-  log_n = np.linspace(np.log(n_range[0]), np.log(n_range[1]), n_grid)
+  log_n = np.linspace(np.log(bounds[0]), np.log(bounds[1]), n_grid)
   n = np.exp(log_n)
   fpt = ladder.train_flops_per_token(n, granularity)
   loss = law(n[None], budgets[:, None] / fpt[None], granularity)  # [C, N]
