@@ -35,8 +35,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Sweep preset (experiments/configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Results, runs and figures.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the plan and exit.")
-_SHARD = flags.DEFINE_integer("shard_index", 0, "This shard.")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of shards.")
+_SHARD = flags.DEFINE_integer("shard_index", 0, "This shard (0 to "
+                              "num_shards - 1).", lower_bound=0)
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of shards.",
+                                   lower_bound=1)
 _POINT = flags.DEFINE_string("point", None, "Run only this point id.")
 _COLLECT = flags.DEFINE_bool(
     "collect", False, "Train nothing: write the plan and the recorded points' "
@@ -46,10 +48,15 @@ _COLLECT = flags.DEFINE_bool(
 _NO_FIT = flags.DEFINE_bool("skip_fit", False, "Do not fit or draw.")
 _LOCAL = flags.DEFINE_integer(
     "local_shards", 0, "Run this many shard processes on this machine, then "
-    "fit (0: this process runs the sweep itself).")
+    "fit (0: this process runs the sweep itself).", lower_bound=0)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-host).")
 flags.mark_flags_as_required(["config"])
+# Checked when the flags are parsed, --dry_run included.
+flags.register_multi_flags_validator(
+    ["shard_index", "num_shards"],
+    lambda f: f["shard_index"] < f["num_shards"],
+    "--shard_index must be less than --num_shards.")
 
 
 def _run_local_shards(n: int, log) -> int:

@@ -143,7 +143,8 @@ def granularity_penalty(table, report, path):
 
 
 def compute_optimal(table, report, path):
-  """N* and D* against C for every G (the fitted law), with the IsoFLOP
+  """N* and D* against C for every G (the fitted law, where its optimum is
+  inside the N range searched), with the IsoFLOP
   minima of the data: filled where a profile brackets its minimum (its
   parabola vertex), open where its lowest loss is at an end of the sizes
   (only a bound)."""
@@ -154,8 +155,11 @@ def compute_optimal(table, report, path):
   gs = sorted(an["compute_optimal"], key=int)
   for color, g in zip(_colors(len(gs)), gs):
     opt = an["compute_optimal"][g]
-    a1.plot(opt["budget"], opt["params"], "-", color=color, label=f"G={g}")
-    a2.plot(opt["budget"], opt["tokens"], "-", color=color, label=f"G={g}")
+    # N* pinned to an end of the range searched is not an optimum: not drawn.
+    edge = np.asarray(opt.get("at_edge", False), bool)
+    for ax, key in ((a1, "params"), (a2, "tokens")):
+      ax.plot(opt["budget"], np.where(edge, np.nan, opt[key]), "-",
+              color=color, label=f"G={g}")
     for r in an.get("isoflop_minima", []):
       if r["granularity"] != int(g):
         continue

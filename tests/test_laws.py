@@ -319,6 +319,39 @@ def test_compute_optimal_matches_brute_force_and_spends_the_budget():
                                    options={"xatol": 1e-8})
     assert np.log(n_star) == pytest.approx(ref.x, abs=2e-3)
   assert opt["params"][1] > opt["params"][0]
+  assert not opt["at_edge"].any()
+
+
+def test_compute_optimal_says_when_the_optimum_is_outside_n_range():
+  """An optimum beyond n_range is reported as its end with at_edge set, not
+  as a parabola step past the grid's last interior point."""
+  result = laws.fit(synthetic_table(), "multiplicative", refine_top=4)
+  ladder = ShapeLadder(vocab_size=32000, seq_len=2048, aspect_ratio=64,
+                       ff_ratio=4, head_dim=64)
+  free = laws.compute_optimal(result, [1e19, 1e21], 4, ladder)
+  low, high = free["params"]
+  assert low < high
+  boxed = laws.compute_optimal(result, [1e19, 1e21], 4, ladder,
+                               n_range=(low / 10, low * 2))
+  assert boxed["at_edge"].tolist() == [False, True]
+  assert boxed["params"][0] == pytest.approx(low, rel=1e-3)
+  assert boxed["params"][1] == pytest.approx(low * 2, rel=1e-12)
+  below = laws.compute_optimal(result, [1e21], 4, ladder,
+                               n_range=(high * 3, high * 30))
+  assert below["at_edge"].tolist() == [True]
+  assert below["params"][0] == pytest.approx(high * 3, rel=1e-12)
+  assert below["loss"][0] == pytest.approx(result.predict(
+      high * 3, 1e21 / ladder.train_flops_per_token(high * 3, 4), 4).item())
+  # The report marks the edge in both its markdown and plain-text tables.
+  report = {"fits": {}, "analysis": {"form": "multiplicative",
+                                     "at_sweep_budgets": {"compute_optimal": {
+      "4": {k: np.asarray(v).tolist() for k, v in boxed.items()}}}}}
+  text = laws.report.markdown(report, {}, ".")
+  assert f"| 4 | 1e+21 | {low * 2:,.0f} (edge) |" in text
+  assert f"| 4 | 1e+19 | {boxed['params'][0]:,.0f} |" in text
+  assert "(edge): the predicted loss was lowest at an end" in text
+  plain = laws.report.format_analysis(report).splitlines()
+  assert [line.endswith("(edge)") for line in plain[2:4]] == [False, True]
 
 
 def test_allocation_refuses_impossible_budgets_and_granularities():

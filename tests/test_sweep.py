@@ -299,6 +299,19 @@ def test_dry_run_shows_the_plan_and_each_shards_shapes(tmp_path):
   rows = out[out.index("shard "):].splitlines()[1:3]
   # 4 shapes (G 1, 2 x 2, 3 layers), 2 budgets each: 2 whole shapes a shard.
   assert [r.split()[:3] for r in rows] == [["0", "2", "4"], ["1", "2", "4"]]
+  # Shard flags are checked when parsed, dry run included (before, a dry
+  # run printed the plan for --num_shards=0 or --shard_index=5).
+  for bad, message in [
+      (["--num_shards=0"], "0 is not a positive integer"),
+      (["--shard_index=-1"], "-1 is not a non-negative integer"),
+      (["--local_shards=-2"], "-2 is not a non-negative integer"),
+      (["--shard_index=2", "--num_shards=2"],
+       "--shard_index must be less than --num_shards")]:
+    proc = _sweep(_config(tmp_path), tmp_path / "w", "--dry_run", *bad,
+                  env=dict(sweep_env(), JAX_PLATFORMS="none"))
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0 and message in out, (bad, out[-3000:])
+    assert "Traceback" not in out and "points" not in out
 
 
 def test_config_overrides_any_field_and_name_a_missing_one(tmp_path):

@@ -276,7 +276,10 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
     n_grid: number of grid points.
 
   Returns:
-    {"budget", "params" (N*), "tokens" (D*), "loss"}: arrays over budgets.
+    {"budget", "params" (N*), "tokens" (D*), "loss", "at_edge"}: arrays over
+    budgets. "at_edge" is True where the predicted loss was lowest at an end
+    of `n_range`: the optimum lies at or beyond that end, and N* is the end,
+    not the optimum.
 
   Raises:
     ValueError: a budget that is not finite and > 0, G not a whole number
@@ -295,17 +298,19 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
   n = np.exp(log_n)
   fpt = ladder.train_flops_per_token(n, granularity)
   loss = law(n[None], budgets[:, None] / fpt[None], granularity)  # [C, N]
-  i = np.clip(np.argmin(loss, 1), 1, n_grid - 2)
+  lowest = np.argmin(loss, 1)
+  at_edge = (lowest == 0) | (lowest == n_grid - 1)
+  i = np.clip(lowest, 1, n_grid - 2)
   rows = np.arange(len(budgets))
   l0, l1, l2 = loss[rows, i - 1], loss[rows, i], loss[rows, i + 1]
   denom = l0 - 2 * l1 + l2
   step = np.where(denom > 0, 0.5 * (l0 - l2) / np.where(denom > 0, denom, 1),
                   0.0)
   best_log_n = log_n[i] + np.clip(step, -1, 1) * (log_n[1] - log_n[0])
-  n_star = np.exp(best_log_n)
+  n_star = np.where(at_edge, n[lowest], np.exp(best_log_n))
   d_star = budgets / ladder.train_flops_per_token(n_star, granularity)
   return {"budget": budgets, "params": n_star, "tokens": d_star,
-          "loss": law(n_star, d_star, granularity)}
+          "loss": law(n_star, d_star, granularity), "at_edge": at_edge}
 
 
 def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,

@@ -253,9 +253,12 @@ def markdown(report: dict, figures: dict[str, str], root: str) -> str:
     out += ["## Compute-optimal allocation (fitted "
             f"{report['analysis']['form']} law, along the ladder)", "",
             "| G | C | N* | D* | D*/N* | predicted loss |", "|---" * 6 + "|"]
-    out += [f"| {r['G']} | {r['budget']:.3g} | {r['params']:,.0f} | "
+    out += [f"| {r['G']} | {r['budget']:.3g} | {r['params']:,.0f}"
+            f"{_EDGE if r['at_edge'] else ''} | "
             f"{r['tokens']:,.0f} | {r['tokens_per_param']:.2f} | "
             f"{r['loss']:.4f} |" for r in alloc]
+    if any(r["at_edge"] for r in alloc):
+      out += ["", f"{_EDGE.strip()}: {_EDGE_NOTE}"]
     out.append("")
   minima = minima_rows(report)
   if minima:
@@ -821,6 +824,12 @@ def claims(report: dict, table, ladder) -> list[dict]:
   return out
 
 
+_EDGE = " (edge)"
+_EDGE_NOTE = ("the predicted loss was lowest at an end of the N range "
+              "searched, so N* is that end and the optimum lies at or beyond "
+              "it.")
+
+
 def format_analysis(report: dict) -> str:
   """Plain-text compute-optimal allocation and claims check of a report."""
   lines = []
@@ -831,7 +840,9 @@ def format_analysis(report: dict) -> str:
     lines.append(f"  {'G':>2} {'C':>9} {'N*':>10} {'D*':>12} {'D*/N*':>7}")
     lines += [f"  {r['G']:>2} {r['budget']:>9.3g} {r['params']:>10,.0f} "
               f"{r['tokens']:>12,.0f} {r['tokens_per_param']:>7.2f}"
-              for r in alloc]
+              f"{_EDGE if r['at_edge'] else ''}" for r in alloc]
+    if any(r["at_edge"] for r in alloc):
+      lines.append(f"  {_EDGE.strip()}: {_EDGE_NOTE}")
   minima = minima_rows(report)
   if minima:
     lines.append("IsoFLOP minima from the data (parabola in log N) against "
@@ -857,11 +868,13 @@ def allocation_rows(report: dict) -> list[dict]:
   a = report.get("analysis", {}).get("at_sweep_budgets", {})
   rows = []
   for g, opt in a.get("compute_optimal", {}).items():
+    at_edge = opt.get("at_edge") or [False] * len(opt["budget"])
     for i, c in enumerate(opt["budget"]):
       rows.append({"G": int(g), "budget": c, "params": opt["params"][i],
                    "tokens": opt["tokens"][i],
                    "tokens_per_param": opt["tokens"][i] / opt["params"][i],
-                   "loss": opt["loss"][i]})
+                   "loss": opt["loss"][i],
+                   "at_edge": bool(at_edge[i])})
   return rows
 
 
