@@ -390,6 +390,36 @@ def test_allocation_refuses_impossible_budgets_and_granularities():
       laws.efficiency_leverage(result, ladder=ladder, **dict(el, **change))
 
 
+def test_predict_and_form_selection_refuse_what_is_not_a_law_input():
+  """FitResult.predict refuses N or D <= 0 and G < 1 (before: NaN with a
+  numpy warning, and a loss of 0 at G = 0); leave_one_budget_out takes one
+  form name (before, "multiplicative" was read letter by letter: "unknown
+  law form 'm'"); select_form names what it takes."""
+  result = _exact_fit()
+  want = result.predict(np.array([1e6, 1e7]), 1e9, np.array([1, 4]))
+  assert want == pytest.approx(laws.get_form(result.form).predict(
+      result.params, np.array([1e6, 1e7]), 1e9, np.array([1, 4])))
+  for args, message in [((-1.0, 1e9, 1), "params must be finite and > 0"),
+                        ((1e6, [1e9, np.inf], 1), "tokens must be finite"),
+                        ((1e6, 1e9, 0), "granularity must be finite and > 0"),
+                        ((1e6, 1e9, 0.5), "granularity must be >= 1")]:
+    with pytest.raises(ValueError, match=message):
+      result.predict(*args)
+  table = synthetic_table()
+  one = laws.leave_one_budget_out(table, "chinchilla")
+  assert list(one["forms"]) == ["chinchilla"] and one["best"] == "chinchilla"
+  assert one["forms"]["chinchilla"] == laws.leave_one_budget_out(
+      table, ["chinchilla"])["forms"]["chinchilla"]
+  assert laws.select_form({"reducible": 0.1, "multiplicative": 0.1}) == [
+      "multiplicative", "reducible"]
+  for errors, message in [([0.1, 0.2], "select_form takes {form name"),
+                          ({}, "select_form takes {form name"),
+                          ({"multiplicative": np.nan}, "finite number >= 0"),
+                          ({"multiplicatve": 0.1}, "unknown law form")]:
+    with pytest.raises(ValueError, match=message):
+      laws.select_form(errors)
+
+
 def test_seed_spread_by_hand():
   """report.seed_spread: the pooled SD of log family loss over the models a
   repeat shares with the reference, and each seed's observed EL there,

@@ -26,6 +26,7 @@ Conventions:
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 
 import jax
@@ -176,7 +177,7 @@ def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
   Args:
     table: loss table with a `budget` column (else budgets are 6ND rounded to
       0.05 decades).
-    forms: form names to compare.
+    forms: form names to compare (or one name).
     huber_delta: Huber delta of the fits.
     backend: L-BFGS backend.
     tie_rtol: relative difference of held-out errors below which forms tie.
@@ -186,6 +187,8 @@ def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
      "best": the selected form, "tied": the forms tied with the lowest error
      (the best among them; just the best when nothing ties)}.
   """
+  if isinstance(forms, str):  # one form, not its letters
+    forms = (forms,)
   out = {}
   for name in forms:
     form, x, y = fit_lib.prepare(table, name)
@@ -221,6 +224,16 @@ def select_form(errors: dict[str, float],
   parameters, then `forms_lib.UNIFIED_FORMS` order. The first is the
   selected form (see `leave_one_budget_out`).
   """
+  if not isinstance(errors, collections.abc.Mapping) or not errors:
+    raise ValueError("select_form takes {form name: held-out error}, e.g. "
+                     "leave_one_budget_out(table)['forms'] as {name: "
+                     "entry['rmse_log']}; got " + type(errors).__name__ + ".")
+  for name, error in errors.items():
+    forms_lib.get_form(name)
+    if not (isinstance(error, (int, float, np.number)) and error >= 0
+            and np.isfinite(error)):
+      raise ValueError(f"the held-out error of {name!r} must be a finite "
+                       f"number >= 0, got {error!r}.")
   lowest = min(errors.values())
   order = list(forms_lib.UNIFIED_FORMS)
   tied = [k for k in errors if errors[k] <= lowest * (1 + tie_rtol)]
@@ -234,17 +247,6 @@ def _law(result):
   if form.name == "branch":
     raise ValueError("use a unified law (not 'branch') for this analysis.")
   return lambda n, d, g: form.predict(result.params, n, d, g)
-
-
-def _positive(name, value) -> np.ndarray:
-  """`value` as float64, or a ValueError unless all of it is finite and > 0."""
-  try:
-    array = np.asarray(value, np.float64)
-  except (TypeError, ValueError):
-    array = np.array([np.nan])
-  if array.size == 0 or not np.all(np.isfinite(array) & (array > 0)):
-    raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
-  return array
 
 
 def _check_granularity(granularity) -> None:
@@ -286,9 +288,9 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
       >= 1, or a bad n_range or n_grid.
   """
   law = _law(result)
-  budgets = np.atleast_1d(_positive("budgets", budgets))
+  budgets = np.atleast_1d(table_lib.positive("budgets", budgets))
   _check_granularity(granularity)
-  bounds = _positive("n_range", n_range).reshape(-1)
+  bounds = table_lib.positive("n_range", n_range).reshape(-1)
   if bounds.shape != (2,) or not bounds[0] < bounds[1]:
     raise ValueError(f"n_range must be (min, max) with 0 < min < max, got "
                      f"{n_range!r}.")
@@ -337,9 +339,9 @@ def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
   """
   law = _law(result)
   _check_granularity(granularity)
-  _positive("n_params", n_params)
-  _positive("tokens", tokens)
-  exit_params = _positive("exit_params", exit_params).reshape(-1)
+  table_lib.positive("n_params", n_params)
+  table_lib.positive("tokens", tokens)
+  exit_params = table_lib.positive("exit_params", exit_params).reshape(-1)
   if len(exit_params) != granularity:
     raise ValueError(f"exit_params has {len(exit_params)} entries for "
                      f"G={granularity}.")

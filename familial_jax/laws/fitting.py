@@ -110,9 +110,17 @@ class FitResult:
   n_starts: int
 
   def predict(self, params, tokens, granularity=1.0) -> np.ndarray:
-    """Predicted loss at (N, D, G) (for "branch": (N_g, D, g))."""
-    return forms_lib.get_form(self.form).predict(self.params, params, tokens,
-                                                 granularity)
+    """Predicted loss at (N, D, G) (for "branch": (N_g, D, g)).
+
+    Raises:
+      ValueError: N or D not finite and > 0, or G (g) not finite and >= 1.
+    """
+    g = table_lib.positive("granularity", granularity)
+    if np.any(g < 1):
+      raise ValueError(f"granularity must be >= 1, got {granularity!r}.")
+    return forms_lib.get_form(self.form).predict(
+        self.params, table_lib.positive("params", params),
+        table_lib.positive("tokens", tokens), g)
 
   def to_json(self) -> dict:
     return {"form": self.form, "params": self.params,
