@@ -392,9 +392,10 @@ def test_allocation_refuses_impossible_budgets_and_granularities():
 
 def test_predict_and_form_selection_refuse_what_is_not_a_law_input():
   """FitResult.predict refuses N or D <= 0 and G < 1 (before: NaN with a
-  numpy warning, and a loss of 0 at G = 0); leave_one_budget_out takes one
-  form name (before, "multiplicative" was read letter by letter: "unknown
-  law form 'm'"); select_form names what it takes."""
+  numpy warning, and a loss of 0 at G = 0); leave_one_budget_out and
+  report.fit_all take one form name (before, "multiplicative" was read
+  letter by letter: "unknown law form 'm'"); select_form names what it
+  takes."""
   result = _exact_fit()
   want = result.predict(np.array([1e6, 1e7]), 1e9, np.array([1, 4]))
   assert want == pytest.approx(laws.get_form(result.form).predict(
@@ -410,6 +411,10 @@ def test_predict_and_form_selection_refuse_what_is_not_a_law_input():
   assert list(one["forms"]) == ["chinchilla"] and one["best"] == "chinchilla"
   assert one["forms"]["chinchilla"] == laws.leave_one_budget_out(
       table, ["chinchilla"])["forms"]["chinchilla"]
+  assert list(laws.report.fit_all(table, "chinchilla", n_boot=0)["fits"]) == [
+      "chinchilla"]
+  with pytest.raises(ValueError, match="unknown law form 'chinchila'"):
+    laws.report.fit_all(table, ["chinchila"], n_boot=0)
   assert laws.select_form({"reducible": 0.1, "multiplicative": 0.1}) == [
       "multiplicative", "reducible"]
   for errors, message in [([0.1, 0.2], "select_form takes {form name"),

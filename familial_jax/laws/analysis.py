@@ -187,10 +187,8 @@ def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
      "best": the selected form, "tied": the forms tied with the lowest error
      (the best among them; just the best when nothing ties)}.
   """
-  if isinstance(forms, str):  # one form, not its letters
-    forms = (forms,)
   out = {}
-  for name in forms:
+  for name in forms_lib.form_names(forms):
     form, x, y = fit_lib.prepare(table, name)
     budgets = _budgets(table, form)
     uniq = np.unique(budgets)

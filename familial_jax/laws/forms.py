@@ -206,3 +206,10 @@ def get_form(name: str | Form) -> Form:
     raise ValueError(
         f"unknown law form {name!r}; choose one of {sorted(FORMS)}.")
   return FORMS[name]
+
+
+def form_names(forms) -> list[str]:
+  """Form names from one name or a sequence of them, each checked
+  (a string is one form, not a sequence of letters)."""
+  forms = [forms] if isinstance(forms, (str, Form)) else list(forms)
+  return [get_form(f).name for f in forms]

@@ -30,7 +30,8 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
             resample: str = "point", level: float = 0.95, seed: int = 0,
             backend: str = "jaxopt",
             log: Callable[[str], None] | None = None) -> dict:
-  """Fits every form, with bootstrap intervals and held-out selection.
+  """Fits every form (of `forms`: names, one name, or None for those the
+  table supports), with bootstrap intervals and held-out selection.
 
   `log`, if given, receives a line per step (fit, bootstrap, selection) with
   its seconds.
@@ -40,7 +41,8 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
     "selection_tied": the forms whose held-out errors tied with the lowest
     (`analysis.leave_one_budget_out`)}.
   """
-  forms = default_forms(table) if forms is None else list(forms)
+  forms = (default_forms(table) if forms is None
+           else forms_lib.form_names(forms))
   log = log or (lambda line: None)
   out = {}
   for name in forms:
