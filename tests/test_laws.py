@@ -395,7 +395,7 @@ def test_predict_and_form_selection_refuse_what_is_not_a_law_input():
   numpy warning, and a loss of 0 at G = 0); leave_one_budget_out and
   report.fit_all take one form name (before, "multiplicative" was read
   letter by letter: "unknown law form 'm'"); select_form names what it
-  takes."""
+  takes; fit_all of one budget fits without a held-out selection."""
   result = _exact_fit()
   want = result.predict(np.array([1e6, 1e7]), 1e9, np.array([1, 4]))
   assert want == pytest.approx(laws.get_form(result.form).predict(
@@ -415,6 +415,17 @@ def test_predict_and_form_selection_refuse_what_is_not_a_law_input():
       "chinchilla"]
   with pytest.raises(ValueError, match="unknown law form 'chinchila'"):
     laws.report.fit_all(table, ["chinchila"], n_boot=0)
+  # One budget: the fits, without a held-out selection (before, fit_all
+  # fitted every form and then failed in leave_one_budget_out).
+  one = laws.table.select(table, table["budget"] == table["budget"][0])
+  lines = []
+  report = laws.report.fit_all(one, ["chinchilla", "multiplicative"],
+                               n_boot=0, log=lines.append)
+  assert report["selected_form"] is None and report["selection_tied"] == []
+  assert report["fits"]["multiplicative"]["params"] == laws.fit(
+      one, "multiplicative").params
+  assert lines[-1] == ("  held-out selection skipped: it leaves one budget "
+                       "out at a time, and the table has 1 budget")
   assert laws.select_form({"reducible": 0.1, "multiplicative": 0.1}) == [
       "multiplicative", "reducible"]
   for errors, message in [([0.1, 0.2], "select_form takes {form name"),

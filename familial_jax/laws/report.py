@@ -39,7 +39,8 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
   Returns:
     JSON-ready {"fits": {form: {...}}, "selected_form": name or None,
     "selection_tied": the forms whose held-out errors tied with the lowest
-    (`analysis.leave_one_budget_out`)}.
+    (`analysis.leave_one_budget_out`)}. A table of one budget has no held-out
+    selection (selected_form None).
   """
   forms = (default_forms(table) if forms is None
            else forms_lib.form_names(forms))
@@ -60,7 +61,12 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
     out[name] = entry
   unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
   selected, tied = None, []
-  if len(unified) > 1:
+  budgets = len(np.unique(table_lib.budgets_of(
+      table_lib.family_table(table_lib.as_table(table)))))
+  if len(unified) > 1 and budgets < 2:
+    log(f"  held-out selection skipped: it leaves one budget out at a time, "
+        f"and the table has {budgets} budget")
+  elif len(unified) > 1:
     start = time.time()
     selection = analysis.leave_one_budget_out(table, unified, huber_delta,
                                               backend)
