@@ -45,13 +45,34 @@ _THRESHOLDS = flags.DEFINE_list(
     "thresholds", ["0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9",
                    "0.95", "1.01"], "Policy thresholds (1.01 never exits "
     "early under the confidence policy).")
-_PROMPTS = flags.DEFINE_integer("prompts", 32, "Held-out prompts (batch).")
-_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Prompt tokens.")
-_NEW = flags.DEFINE_integer("new_tokens", 32, "Tokens per request.")
-_WINDOW = flags.DEFINE_integer("window", 16, "Catch-up window (positions).")
+_PROMPTS = flags.DEFINE_integer("prompts", 32, "Held-out prompts (batch).",
+                                lower_bound=1)
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Prompt tokens.",
+                                   lower_bound=1)
+_NEW = flags.DEFINE_integer("new_tokens", 32, "Tokens per request.",
+                            lower_bound=1)
+_WINDOW = flags.DEFINE_integer("window", 16, "Catch-up window (positions).",
+                               lower_bound=1)
 _FLOPS = flags.DEFINE_list("tier_flops", None, "FLOP/s of each tier.")
 _BW = flags.DEFINE_list("link_bandwidth", None, "Bytes/s of each link.")
 _LAT = flags.DEFINE_list("link_latency", None, "Seconds per hand-off.")
+
+
+def _numbers(values) -> bool:
+  try:
+    return bool(values) and all(float(v) == float(v) for v in values)
+  except (TypeError, ValueError):
+    return False
+
+
+# Checked when the flags are parsed, before the family loads.
+flags.register_validator("thresholds", _numbers,
+                         "--thresholds must be a comma-separated list of "
+                         "numbers.")
+for _name in ("tier_flops", "link_bandwidth", "link_latency"):
+  flags.register_validator(_name, lambda v: v is None or _numbers(v),
+                           f"--{_name} must be a comma-separated list of "
+                           "numbers.")
 
 
 def parse_tiers(text):

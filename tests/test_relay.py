@@ -222,3 +222,19 @@ def test_relay_binary_on_a_trained_family(tmp_path):
        f"--workdir={workdir}", "--tiers=0;2"], capture_output=True,
       text=True, timeout=600, check=False)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+def test_relay_binary_refuses_bad_flags_before_loading(tmp_path):
+  """Flags that cannot work are refused when parsed, before the family loads
+  (before, a bad threshold failed after loading it and decoding the full
+  model's tokens)."""
+  for bad, message in [("--prompts=0", "0 is not a positive integer"),
+                       ("--window=0", "0 is not a positive integer"),
+                       ("--thresholds=0.5,abc", "--thresholds must be"),
+                       ("--link_latency=0.01,soon", "--link_latency must be")]:
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "experiments", "relay.py"),
+         f"--workdir={tmp_path / 'nothing here'}", bad], capture_output=True,
+        text=True, timeout=600, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
