@@ -146,6 +146,17 @@ def mfu(tokens_per_second: float, train_flops_per_token: float,
   return tokens_per_second * train_flops_per_token / peak_flops_per_second
 
 
+def check_granularity(granularity) -> None:
+  """A ValueError unless G is a whole number >= 1 (4, 4.0 or np.int64(4))."""
+  try:
+    g = float(granularity)
+  except (TypeError, ValueError):
+    g = 0.0
+  if not (g >= 1 and g.is_integer()):
+    raise ValueError(f"granularity must be a whole number >= 1, got "
+                     f"{granularity!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class ShapeLadder:
   """Model shapes of fixed aspect ratio, for IsoFLOP sweeps and law analysis.
@@ -201,8 +212,18 @@ class ShapeLadder:
     return n_layers * block + granularity * d
 
   def layers_for(self, n_params, granularity=1):
-    """Continuous depth with N(depth) = n_params (inverse of the above)."""
-    n_params = np.asarray(n_params, np.float64)
+    """Continuous depth with N(depth) = n_params (inverse of the above).
+
+    Raises:
+      ValueError: N not finite and > 0, or G not a whole number >= 1.
+    """
+    check_granularity(granularity)
+    try:
+      n_params = np.asarray(n_params, np.float64)
+    except (TypeError, ValueError):
+      n_params = np.array(np.nan)
+    if not np.all(np.isfinite(n_params) & (n_params > 0)):
+      raise ValueError(f"n_params must be finite and > 0, got {n_params!r}.")
     # N(L) = k3 L^3 + k2 L^2 + k1 L, all k > 0: increasing and convex for
     # L > 0, so Newton's method from the overestimate (N / k3)^(1/3) falls
     # monotonically onto the root (quadratically, a handful of steps).

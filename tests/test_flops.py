@@ -123,6 +123,16 @@ def test_ladder_depth_inverts_its_parameter_count(granularity):
   # An integer depth comes back.
   assert ladder.layers_for(ladder.non_embedding_params(12, granularity),
                            granularity) == pytest.approx(12, rel=1e-14)
+  # N or G that no model has is refused (before: a negative depth and
+  # negative FLOPs for N < 0, and FLOPs of a model without exits for G = 0).
+  for n_bad, g_bad, message in [(-1e6, granularity, "n_params must be"),
+                                ([1e6, np.nan], granularity, "n_params must"),
+                                (1e6, 0, "granularity must be a whole"),
+                                (1e6, 2.5, "granularity must be a whole")]:
+    for method in (ladder.layers_for, ladder.train_flops_per_token,
+                   ladder.exit_params):
+      with pytest.raises(ValueError, match=message):
+        method(n_bad, g_bad)
 
 
 def test_a_ladder_refuses_shapes_that_cannot_exist():

@@ -32,6 +32,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from familial_jax import flops
 from familial_jax.laws import fitting as fit_lib
 from familial_jax.laws import forms as forms_lib
 from familial_jax.laws import table as table_lib
@@ -247,17 +248,6 @@ def _law(result):
   return lambda n, d, g: form.predict(result.params, n, d, g)
 
 
-def _check_granularity(granularity) -> None:
-  """A ValueError unless G is a whole number >= 1 (4, 4.0 or np.int64(4))."""
-  try:
-    g = float(granularity)
-  except (TypeError, ValueError):
-    g = 0.0
-  if not (g >= 1 and g.is_integer()):
-    raise ValueError(f"granularity must be a whole number >= 1, got "
-                     f"{granularity!r}.")
-
-
 def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
                     n_range=(1e3, 1e13), n_grid: int = 4001) -> dict:
   """Compute-optimal allocation N*(C, G), D*(C, G) along a shape ladder.
@@ -287,7 +277,7 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
   """
   law = _law(result)
   budgets = np.atleast_1d(table_lib.positive("budgets", budgets))
-  _check_granularity(granularity)
+  flops.check_granularity(granularity)
   bounds = table_lib.positive("n_range", n_range).reshape(-1)
   if bounds.shape != (2,) or not bounds[0] < bounds[1]:
     raise ValueError(f"n_range must be (min, max) with 0 < min < max, got "
@@ -336,7 +326,7 @@ def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
      "dense_tokens", "family_flops", "dense_flops_to_match"}.
   """
   law = _law(result)
-  _check_granularity(granularity)
+  flops.check_granularity(granularity)
   table_lib.positive("n_params", n_params)
   table_lib.positive("tokens", tokens)
   exit_params = table_lib.positive("exit_params", exit_params).reshape(-1)
