@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from familial_jax.config import ModelConfig
 
@@ -55,6 +56,17 @@ class RMSNorm(nn.Module):
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) +
                             cfg.norm_eps)
     return (y * scale.astype(jnp.float32)).astype(_dtype(cfg.dtype))
+
+
+def check_tokens(tokens, vocab_size: int) -> None:
+  """A ValueError unless every token id is in [0, vocab_size): the embedding
+  lookup would give NaN logits for ids >= vocab_size and wrap negative ones
+  around to the end of the vocabulary."""
+  tokens = np.asarray(tokens)  # on the host: no op staged into a trace
+  if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+    raise ValueError(f"token ids must be in [0, {vocab_size}) (the model's "
+                     f"vocab_size), got ids from {tokens.min()} to "
+                     f"{tokens.max()}.")
 
 
 def rotary(x: Array, positions: Array, theta: float) -> Array:
@@ -189,10 +201,15 @@ class FamilialLM(nn.Module):
     """Normalised hidden state at every exit.
 
     Args:
-      tokens: [B, T] int token ids, T <= config.max_seq_len.
+      tokens: [B, T] int token ids in [0, vocab_size), T <=
+        config.max_seq_len.
 
     Returns:
       Tuple of G arrays [B, T, D] in the compute dtype.
+
+    Raises:
+      ValueError: another shape, T > max_seq_len, or (in an eager call) an
+        id outside the vocabulary.
     """
     cfg = self.config
     if tokens.ndim != 2:
@@ -202,6 +219,11 @@ class FamilialLM(nn.Module):
       raise ValueError(
           f"sequence length {tokens.shape[1]} exceeds the model's "
           f"max_seq_len={cfg.max_seq_len}.")
+    # Eager calls on this host's arrays; under jit (training) and for arrays
+    # spread over hosts nothing is checked or added to the program.
+    if not isinstance(tokens, jax.core.Tracer) and getattr(
+        tokens, "is_fully_addressable", True):
+      check_tokens(tokens, cfg.vocab_size)
     positions = jnp.broadcast_to(
         jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)  # [B, T]
     # Embedding rows have RMS d^-1/2 (so tied logits are O(1) at init); scale

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from familial_jax.config import ModelConfig, TrainConfig, as_index
-from familial_jax.model import init_params, rotary
+from familial_jax.model import check_tokens, init_params, rotary
 
 POLICIES = ("confidence", "entropy", "fixed", "oracle")
 
@@ -273,7 +273,7 @@ class Relay:
   def new_state(self, prompts: np.ndarray, max_len: int) -> dict:
     """Empty caches for a batch of prompts [B, P] and max_len positions."""
     cfg = self.cfg
-    prompts = _check_prompts(prompts)
+    prompts = _check_prompts(prompts, self.cfg.vocab_size)
     if max_len > cfg.max_seq_len:
       raise ValueError(
           f"prompt plus new tokens ({max_len}) exceed the model's context "
@@ -358,7 +358,7 @@ class Relay:
       and were computed again by a deeper segment's catch-up; latency [B]
       modelled seconds for the n tokens; state (final caches).
     """
-    prompts = _check_prompts(prompts)
+    prompts = _check_prompts(prompts, self.cfg.vocab_size)
     p = prompts.shape[1]
     if not isinstance(new_tokens, int) or new_tokens < 1:
       raise ValueError(f"new_tokens must be a positive integer, got "
@@ -369,7 +369,7 @@ class Relay:
     state = self.new_state(prompts, p + new_tokens)
     b = prompts.shape[0]
     if forced is not None:
-      forced = np.asarray(forced)
+      forced = _check_prompts(forced, self.cfg.vocab_size, "forced text")
       if forced.shape != (b, p + new_tokens):
         raise ValueError(f"forced text must have shape {(b, p + new_tokens)},"
                          f" got {forced.shape}.")
@@ -447,15 +447,18 @@ class Relay:
       self.advance(state, g, state["filled"][0], acct)
 
 
-def _check_prompts(prompts) -> np.ndarray:
-  """Prompts as an integer array [batch, length >= 1], or a ValueError."""
+def _check_prompts(prompts, vocab_size: int, what: str = "prompts"
+                   ) -> np.ndarray:
+  """Prompts (or forced text) as an integer array [batch, length >= 1] of
+  ids in [0, vocab_size), or a ValueError."""
   prompts = np.asarray(prompts)
   if prompts.ndim != 2 or prompts.shape[1] < 1:
-    raise ValueError(f"prompts must be [batch, length >= 1], got shape "
+    raise ValueError(f"{what} must be [batch, length >= 1], got shape "
                      f"{prompts.shape}.")
   if not np.issubdtype(prompts.dtype, np.integer):
-    raise ValueError(f"prompts must be integer tokens, got dtype "
+    raise ValueError(f"{what} must be integer tokens, got dtype "
                      f"{prompts.dtype}.")
+  check_tokens(prompts, vocab_size)
   return prompts
 
 

@@ -120,6 +120,25 @@ def test_too_long_sequence_is_a_clear_error():
     FamilialLM(CFG).apply({"params": params}, jnp.zeros((1, 17), jnp.int32))
 
 
+def test_token_ids_outside_the_vocabulary_are_a_clear_error():
+  """Before: ids >= vocab_size gave NaN logits and -1 was read as the last
+  id. An eager call checks the ids; under jit (training) nothing is added
+  to the program."""
+  params = init_params(CFG, jax.random.PRNGKey(0))
+  model = FamilialLM(CFG)
+  for bad in (CFG.vocab_size, -1):
+    tokens = jnp.zeros((2, 8), jnp.int32).at[1, 3].set(bad)
+    with pytest.raises(ValueError, match=rf"\[0, {CFG.vocab_size}\)"):
+      model.apply({"params": params}, tokens)
+    with pytest.raises(ValueError, match="token ids must be in"):
+      model.apply({"params": params}, np.asarray(tokens))
+  edge = jnp.full((1, 8), CFG.vocab_size - 1, jnp.int32)
+  eager = model.apply({"params": params}, edge)
+  jitted = jax.jit(lambda x: model.apply({"params": params}, x))(edge)
+  for a, b in zip(eager, jitted):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_params_carry_logical_axes():
   boxed = FamilialLM(CFG).init(jax.random.PRNGKey(0),
                                jnp.zeros((1, 4), jnp.int32))["params"]

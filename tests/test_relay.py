@@ -164,9 +164,15 @@ def test_bad_input_is_a_clear_error(family):
   # first), and a NaN threshold that silently never let a token leave.
   for prompt, match in [(np.zeros(4, np.int32), r"\[batch, length >= 1\]"),
                         (np.zeros((1, 0), np.int32), "length >= 1"),
-                        (np.full((1, 4), 2.7), "integer tokens")]:
+                        (np.full((1, 4), 2.7), "integer tokens"),
+                        # Before: NaN logits for ids >= V, -1 read as V - 1.
+                        (np.full((1, 4), CFG.vocab_size), "must be in"),
+                        (np.full((1, 4), -1), r"ids from -1 to -1")]:
     with pytest.raises(ValueError, match=match):
       r.decode(prompt, 2, relay.Policy())
+  text = np.full((prompts.shape[0], prompts.shape[1] + 2), CFG.vocab_size)
+  with pytest.raises(ValueError, match="token ids must be in"):
+    r.decode(prompts, 2, relay.Policy(), forced=text)
   for index in (3, 5):
     with pytest.raises(ValueError, match=r"index=\d is not an exit of this "
                        r"family \(G=3; valid: 0..2\)"):
