@@ -19,10 +19,12 @@ Point ids are stable: "C{budget:.3g}-G{G}-L{depth}", e.g. "C1.8e+11-G2-L3".
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from familial_jax import flops
 from familial_jax.config import DataConfig, ModelConfig, TrainConfig
+from familial_jax.config import _require_ints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,10 @@ class SweepConfig:
       if not values:
         raise ValueError(f"SweepConfig.{name} is empty; give at least one.")
       object.__setattr__(self, name, values)
+      repeated = sorted({v for v in values if values.count(v) > 1})
+      if repeated:  # each would plan its points twice, under one id
+        raise ValueError(f"SweepConfig.{name} repeats {repeated}; give each "
+                         "value once.")
     if any(not c > 0 for c in self.budgets):
       raise ValueError(f"SweepConfig.budgets must be > 0: {self.budgets}.")
     if any(not isinstance(g, int) or g < 1 for g in self.granularities):
@@ -99,6 +105,20 @@ class SweepConfig:
     if any(not isinstance(l, int) or l < 1 for l in self.depths):
       raise ValueError(
           f"SweepConfig.depths must be integers >= 1: {self.depths}.")
+    _require_ints(self, ("batch_size", "eval_windows"), 1)
+    _require_ints(self, ("min_steps",), 0)
+    positive = lambda v: isinstance(v, (int, float)) and v > 0  # NaN: False
+    if not (positive(self.learning_rate) and self.learning_rate < math.inf):
+      raise ValueError(f"SweepConfig.learning_rate must be finite and > 0, "
+                       f"got {self.learning_rate!r}.")
+    if not positive(self.max_epochs):
+      raise ValueError(f"SweepConfig.max_epochs must be > 0 (inf: no limit), "
+                       f"got {self.max_epochs!r}.")
+    if not (0 <= self.min_tokens_per_param <= self.max_tokens_per_param):
+      raise ValueError(
+          "SweepConfig needs 0 <= min_tokens_per_param <= max_tokens_per_param,"
+          f" got {self.min_tokens_per_param!r} and "
+          f"{self.max_tokens_per_param!r}.")
     if not self.flops_per_second > 0:
       raise ValueError(f"SweepConfig.flops_per_second must be > 0, got "
                        f"{self.flops_per_second!r}.")

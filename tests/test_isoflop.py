@@ -60,6 +60,24 @@ def test_bad_sweep_configs():
     dataclasses.replace(SWEEP, checkpoint_minutes=-1.0)
   with pytest.raises(ValueError, match="flops_per_second must be > 0"):
     dataclasses.replace(SWEEP, flops_per_second=0.0)
+  # Before: a repeated G, budget or depth planned its points twice under one
+  # id; batch_size=0 was a ZeroDivisionError in plan(); max_epochs=0 and
+  # min > max tokens per parameter dropped every point without saying why.
+  for change, message in [
+      (dict(granularities=(1, 2, 2)), r"granularities repeats \[2\]"),
+      (dict(budgets=(1e10, 1e10)), "budgets repeats"),
+      (dict(depths=(2, 3, 2)), r"depths repeats \[2\]"),
+      (dict(batch_size=0), "batch_size must be a positive integer"),
+      (dict(eval_windows=0), "eval_windows must be a positive integer"),
+      (dict(min_steps=-1), "min_steps must be an integer >= 0"),
+      (dict(learning_rate=float("nan")), "learning_rate must be finite"),
+      (dict(max_epochs=0.0), "max_epochs must be > 0"),
+      (dict(min_tokens_per_param=5.0, max_tokens_per_param=1.0),
+       "min_tokens_per_param <= max_tokens_per_param")]:
+    with pytest.raises(ValueError, match=message):
+      dataclasses.replace(SWEEP, **change)
+  no_limit = dataclasses.replace(SWEEP, max_epochs=float("inf"), min_steps=0)
+  assert len(isoflop.plan(no_limit)[0]) >= len(isoflop.plan(SWEEP)[0])
 
 
 def test_checkpoint_cadence_is_planned_training_time():
