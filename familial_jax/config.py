@@ -13,6 +13,7 @@ shape errors from deep inside JAX.
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import sys
 from typing import Callable, Sequence
@@ -341,6 +342,18 @@ class TrainConfig:
     for name in ("learning_rate", "grad_clip"):
       if not getattr(self, name) > 0:
         raise ValueError(f"TrainConfig.{name} must be > 0.")
+    # Before, these were trained as given: a final rate above the peak, Adam
+    # moments that never forget, weights pushed away from zero.
+    number = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+    for name, ok, shown in (
+        ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+        ("b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("weight_decay", lambda v: v >= 0, ">= 0")):
+      value = getattr(self, name)
+      if not (number(value) and ok(value)):
+        raise ValueError(f"TrainConfig.{name} must be {shown}, got "
+                         f"{value!r}.")
     if self.loss_logits_dtype not in LOSS_LOGITS_DTYPES:
       raise ValueError(f"TrainConfig.loss_logits_dtype must be one of "
                        f"{LOSS_LOGITS_DTYPES}, got {self.loss_logits_dtype!r}.")

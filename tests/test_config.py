@@ -66,3 +66,24 @@ def test_submodel_index_out_of_range(index):
     cfg.submodel(index)
   assert cfg.submodel(np.int64(1)) == cfg.submodel(1)
   assert cfg.submodel(0).n_layers == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(min_lr_ratio=2.0), r"min_lr_ratio must be in \[0, 1\], got 2.0"),
+    (dict(min_lr_ratio=-0.1), r"min_lr_ratio must be in \[0, 1\]"),
+    (dict(b1=1.5), r"b1 must be in \[0, 1\), got 1.5"),
+    (dict(b2=1.0), r"b2 must be in \[0, 1\)"),
+    (dict(weight_decay=-0.1), "weight_decay must be >= 0"),
+    (dict(weight_decay=float("nan")), "weight_decay must be >= 0"),
+    (dict(learning_rate=0.0), "learning_rate must be > 0"),
+    (dict(warmup_steps=100, steps=100), "warmup_steps=100 must be < steps"),
+])
+def test_invalid_optimizer_settings_are_refused(kwargs, message):
+  """Before, a final rate above the peak, betas >= 1 and a negative weight
+  decay were trained as given."""
+  from familial_jax.config import TrainConfig
+  with pytest.raises(ValueError, match=message):
+    TrainConfig(**kwargs)
+  # The edges that are meaningful are allowed.
+  TrainConfig(min_lr_ratio=0.0, b1=0.0, b2=0.0, weight_decay=0.0)
+  TrainConfig(min_lr_ratio=1.0)
