@@ -23,6 +23,7 @@ and --link_latency (seconds).
 import csv
 import datetime
 import json
+import math
 import os
 import sys
 
@@ -59,8 +60,9 @@ _LAT = flags.DEFINE_list("link_latency", None, "Seconds per hand-off.")
 
 
 def _numbers(values) -> bool:
+  """Whether a list flag holds one or more numbers (none NaN)."""
   try:
-    return bool(values) and all(float(v) == float(v) for v in values)
+    return bool(values) and not any(math.isnan(float(v)) for v in values)
   except (TypeError, ValueError):
     return False
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import operator
 import sys
 from typing import Callable, Sequence
@@ -25,7 +26,7 @@ REMAT_POLICIES = ("none", "block", "dots")
 LOSS_LOGITS_DTYPES = ("float32", "bfloat16")
 
 
-def _require_ints(config, names, minimum: int) -> None:
+def require_ints(config, names, minimum: int) -> None:
   """Raises ValueError naming the first field that is not an int >= minimum."""
   for name in names:
     value = getattr(config, name)
@@ -33,6 +34,17 @@ def _require_ints(config, names, minimum: int) -> None:
       what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
       raise ValueError(f"{type(config).__name__}.{name} must be {what}, got "
                        f"{value!r}.")
+
+
+def require_number(config, name: str, ok: Callable[[float], bool],
+                   what: str) -> None:
+  """Raises ValueError unless config.`name` is a real number (not a bool or
+  NaN) for which ok(value) holds; `what` says which ("in [0, 1]")."""
+  value = getattr(config, name)
+  if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+      or math.isnan(value) or not ok(value)):
+    raise ValueError(f"{type(config).__name__}.{name} must be {what}, got "
+                     f"{value!r}.")
 
 
 def as_index(value) -> int | None:
@@ -116,8 +128,8 @@ class ModelConfig:
   remat: str = "none"
 
   def __post_init__(self):
-    _require_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads",
-                         "d_ff", "max_seq_len"), minimum=1)
+    require_ints(self, ("vocab_size", "d_model", "n_layers", "n_heads",
+                        "d_ff", "max_seq_len"), minimum=1)
     if self.d_model % self.n_heads:
       raise ValueError(
           f"ModelConfig.n_heads={self.n_heads} does not divide "
@@ -314,10 +326,10 @@ class TrainConfig:
   loss_logits_dtype: str = "float32"
 
   def __post_init__(self):
-    _require_ints(self, ("seq_len", "batch_size", "steps", "eval_windows",
-                         "log_every", "keep_checkpoints"), minimum=1)
-    _require_ints(self, ("warmup_steps", "eval_every", "checkpoint_every",
-                         "seed", "loss_chunk"), minimum=0)
+    require_ints(self, ("seq_len", "batch_size", "steps", "eval_windows",
+                        "log_every", "keep_checkpoints"), minimum=1)
+    require_ints(self, ("warmup_steps", "eval_every", "checkpoint_every",
+                        "seed", "loss_chunk"), minimum=0)
     if self.seq_len > self.model.max_seq_len:
       raise ValueError(
           f"TrainConfig.seq_len={self.seq_len} is longer than the model's "
@@ -340,20 +352,13 @@ class TrainConfig:
                        "(data, fsdp, tensor).")
     object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
     for name in ("learning_rate", "grad_clip"):
-      if not getattr(self, name) > 0:
-        raise ValueError(f"TrainConfig.{name} must be > 0.")
+      require_number(self, name, lambda v: v > 0, "> 0")
     # Before, these were trained as given: a final rate above the peak, Adam
     # moments that never forget, weights pushed away from zero.
-    number = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
-    for name, ok, shown in (
-        ("min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
-        ("b1", lambda v: 0 <= v < 1, "in [0, 1)"),
-        ("b2", lambda v: 0 <= v < 1, "in [0, 1)"),
-        ("weight_decay", lambda v: v >= 0, ">= 0")):
-      value = getattr(self, name)
-      if not (number(value) and ok(value)):
-        raise ValueError(f"TrainConfig.{name} must be {shown}, got "
-                         f"{value!r}.")
+    require_number(self, "min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]")
+    for name in ("b1", "b2"):
+      require_number(self, name, lambda v: 0 <= v < 1, "in [0, 1)")
+    require_number(self, "weight_decay", lambda v: 0 <= v < math.inf, ">= 0")
     if self.loss_logits_dtype not in LOSS_LOGITS_DTYPES:
       raise ValueError(f"TrainConfig.loss_logits_dtype must be one of "
                        f"{LOSS_LOGITS_DTYPES}, got {self.loss_logits_dtype!r}.")

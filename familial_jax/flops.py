@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from familial_jax.config import ModelConfig, _require_ints
+from familial_jax.config import ModelConfig, require_ints, require_number
 
 
 def block_params(cfg: ModelConfig) -> int:
@@ -146,6 +146,18 @@ def mfu(tokens_per_second: float, train_flops_per_token: float,
   return tokens_per_second * train_flops_per_token / peak_flops_per_second
 
 
+def positive(name: str, value) -> np.ndarray:
+  """`value` (N, D, C, ...) as float64, or a ValueError unless all of it is
+  finite and > 0."""
+  try:
+    array = np.asarray(value, np.float64)
+  except (TypeError, ValueError):
+    array = np.array([np.nan])
+  if array.size == 0 or not np.all(np.isfinite(array) & (array > 0)):
+    raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
+  return array
+
+
 def check_granularity(granularity) -> None:
   """A ValueError unless G is a whole number >= 1 (4, 4.0 or np.int64(4))."""
   try:
@@ -183,13 +195,10 @@ class ShapeLadder:
   head_dim: int = 32
 
   def __post_init__(self):
-    _require_ints(self, ("vocab_size", "seq_len", "head_dim"), 1)
+    require_ints(self, ("vocab_size", "seq_len", "head_dim"), 1)
     for name in ("aspect_ratio", "ff_ratio"):
-      value = getattr(self, name)
-      if (isinstance(value, bool) or not isinstance(value, (int, float))
-          or not (math.isfinite(value) and value > 0)):
-        raise ValueError(f"ShapeLadder.{name} must be a finite number > 0, "
-                         f"got {value!r}.")
+      require_number(self, name, lambda v: 0 < v < math.inf,
+                     "a finite number > 0")
 
   def config(self, n_layers: int, granularity: int = 1,
              **overrides) -> ModelConfig:
@@ -218,12 +227,7 @@ class ShapeLadder:
       ValueError: N not finite and > 0, or G not a whole number >= 1.
     """
     check_granularity(granularity)
-    try:
-      n_params = np.asarray(n_params, np.float64)
-    except (TypeError, ValueError):
-      n_params = np.array(np.nan)
-    if not np.all(np.isfinite(n_params) & (n_params > 0)):
-      raise ValueError(f"n_params must be finite and > 0, got {n_params!r}.")
+    n_params = positive("n_params", n_params)
     # N(L) = k3 L^3 + k2 L^2 + k1 L, all k > 0: increasing and convex for
     # L > 0, so Newton's method from the overestimate (N / k3)^(1/3) falls
     # monotonically onto the root (quadratically, a handful of steps).

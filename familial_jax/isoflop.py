@@ -24,7 +24,7 @@ from typing import Sequence
 
 from familial_jax import flops
 from familial_jax.config import DataConfig, ModelConfig, TrainConfig
-from familial_jax.config import _require_ints
+from familial_jax.config import require_ints, require_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,15 +105,12 @@ class SweepConfig:
     if any(not isinstance(l, int) or l < 1 for l in self.depths):
       raise ValueError(
           f"SweepConfig.depths must be integers >= 1: {self.depths}.")
-    _require_ints(self, ("batch_size", "eval_windows"), 1)
-    _require_ints(self, ("min_steps",), 0)
-    positive = lambda v: isinstance(v, (int, float)) and v > 0  # NaN: False
-    if not (positive(self.learning_rate) and self.learning_rate < math.inf):
-      raise ValueError(f"SweepConfig.learning_rate must be finite and > 0, "
-                       f"got {self.learning_rate!r}.")
-    if not positive(self.max_epochs):
-      raise ValueError(f"SweepConfig.max_epochs must be > 0 (inf: no limit), "
-                       f"got {self.max_epochs!r}.")
+    require_ints(self, ("batch_size", "eval_windows"), 1)
+    require_ints(self, ("min_steps",), 0)
+    require_number(self, "learning_rate", lambda v: 0 < v < math.inf,
+                   "finite and > 0")
+    require_number(self, "max_epochs", lambda v: v > 0,
+                   "> 0 (inf: no limit)")
     if not (0 <= self.min_tokens_per_param <= self.max_tokens_per_param):
       raise ValueError(
           "SweepConfig needs 0 <= min_tokens_per_param <= max_tokens_per_param,"

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from familial_jax.config import ModelConfig, TrainConfig, as_index
+from familial_jax.config import require_number
 from familial_jax.model import check_tokens, init_params, rotary
 
 POLICIES = ("confidence", "entropy", "fixed", "oracle")
@@ -147,11 +148,7 @@ class Policy:
     if self.kind not in POLICIES:
       raise ValueError(f"unknown exit policy {self.kind!r}; choose one of "
                        f"{POLICIES}.")
-    if (isinstance(self.threshold, bool) or
-        not isinstance(self.threshold, (int, float, np.floating)) or
-        np.isnan(self.threshold)):
-      raise ValueError(f"Policy.threshold must be a number (not NaN), got "
-                       f"{self.threshold!r}.")
+    require_number(self, "threshold", lambda v: True, "a number (not NaN)")
     index = as_index(self.index)
     if index is None or index < 0:
       raise ValueError(f"Policy.index must be an integer >= 0 (a 0-based "

@@ -84,6 +84,10 @@ def test_invalid_optimizer_settings_are_refused(kwargs, message):
   from familial_jax.config import TrainConfig
   with pytest.raises(ValueError, match=message):
     TrainConfig(**kwargs)
-  # The edges that are meaningful are allowed.
-  TrainConfig(min_lr_ratio=0.0, b1=0.0, b2=0.0, weight_decay=0.0)
-  TrainConfig(min_lr_ratio=1.0)
+
+
+def test_optimizer_settings_at_their_meaningful_edges_are_allowed():
+  from familial_jax.config import TrainConfig
+  cfg = TrainConfig(min_lr_ratio=0.0, b1=0.0, b2=0.0, weight_decay=0.0)
+  assert (cfg.min_lr_ratio, cfg.b1, cfg.b2, cfg.weight_decay) == (0, 0, 0, 0)
+  assert TrainConfig(min_lr_ratio=1.0).min_lr_ratio == 1.0

@@ -276,9 +276,9 @@ def compute_optimal(result: fit_lib.FitResult, budgets, granularity, ladder,
       >= 1, or a bad n_range or n_grid.
   """
   law = _law(result)
-  budgets = np.atleast_1d(table_lib.positive("budgets", budgets))
+  budgets = np.atleast_1d(flops.positive("budgets", budgets))
   flops.check_granularity(granularity)
-  bounds = table_lib.positive("n_range", n_range).reshape(-1)
+  bounds = flops.positive("n_range", n_range).reshape(-1)
   if bounds.shape != (2,) or not bounds[0] < bounds[1]:
     raise ValueError(f"n_range must be (min, max) with 0 < min < max, got "
                      f"{n_range!r}.")
@@ -327,9 +327,9 @@ def efficiency_leverage(result: fit_lib.FitResult, n_params, exit_params,
   """
   law = _law(result)
   flops.check_granularity(granularity)
-  table_lib.positive("n_params", n_params)
-  table_lib.positive("tokens", tokens)
-  exit_params = table_lib.positive("exit_params", exit_params).reshape(-1)
+  flops.positive("n_params", n_params)
+  flops.positive("tokens", tokens)
+  exit_params = flops.positive("exit_params", exit_params).reshape(-1)
   if len(exit_params) != granularity:
     raise ValueError(f"exit_params has {len(exit_params)} entries for "
                      f"G={granularity}.")

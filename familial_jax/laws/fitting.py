@@ -55,6 +55,7 @@ import jaxopt
 import numpy as np
 import optax
 
+from familial_jax import flops
 from familial_jax.laws import forms as forms_lib
 from familial_jax.laws import table as table_lib
 
@@ -115,12 +116,12 @@ class FitResult:
     Raises:
       ValueError: N or D not finite and > 0, or G (g) not finite and >= 1.
     """
-    g = table_lib.positive("granularity", granularity)
+    g = flops.positive("granularity", granularity)
     if np.any(g < 1):
       raise ValueError(f"granularity must be >= 1, got {granularity!r}.")
     return forms_lib.get_form(self.form).predict(
-        self.params, table_lib.positive("params", params),
-        table_lib.positive("tokens", tokens), g)
+        self.params, flops.positive("params", params),
+        flops.positive("tokens", tokens), g)
 
   def to_json(self) -> dict:
     return {"form": self.form, "params": self.params,

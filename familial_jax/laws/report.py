@@ -61,8 +61,7 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
     out[name] = entry
   unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
   selected, tied = None, []
-  budgets = len(np.unique(table_lib.budgets_of(
-      table_lib.family_table(table_lib.as_table(table)))))
+  budgets = len(np.unique(table_lib.budgets_of(table_lib.as_table(table))))
   if len(unified) > 1 and budgets < 2:
     log(f"  held-out selection skipped: it leaves one budget out at a time, "
         f"and the table has {budgets} budget")

@@ -76,17 +76,6 @@ def check_positive_finite(table: Table, columns) -> None:
           f"{col[bad[0]]!r} ({bad.size} bad row(s) in all).")
 
 
-def positive(name: str, value) -> np.ndarray:
-  """`value` as float64, or a ValueError unless all of it is finite and > 0."""
-  try:
-    array = np.asarray(value, np.float64)
-  except (TypeError, ValueError):
-    array = np.array([np.nan])
-  if array.size == 0 or not np.all(np.isfinite(array) & (array > 0)):
-    raise ValueError(f"{name} must be finite and > 0, got {value!r}.")
-  return array
-
-
 def select(table: Table, mask) -> Table:
   """Rows where mask is true."""
   return {k: v[mask] for k, v in table.items()}
