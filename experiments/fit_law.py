@@ -36,7 +36,12 @@ results.csv and plan.json, that this binary then fits like a sweep.)
 --budgets=4e10,1.2e11,... fits only those budgets' points, say to compare with
 a sweep that ran fewer of them. --cost_figure=PATH draws the cost of granularity
 (family / dense loss at equal budget and depth) against compute: the input's,
-each model's best setting's and each repeat's.
+each model's best setting's and each repeat's. --report_dir=DIR writes the
+report.md and figures/ that a sweep writes, from the fits (for a committed
+results directory, its report and figures again from its CSV and plan.json):
+
+  python experiments/fit_law.py --input=experiments/results/tiny_cpu \
+      --report_dir=/tmp/tiny_cpu
 """
 
 import dataclasses
@@ -126,6 +131,15 @@ _COST_FIGURE = flags.DEFINE_string(
     "and depth) against compute here (PNG): --input's, with --alternatives "
     "also each model's best setting's, with --repeats each repeat's (over "
     "the models it shares with --input).")
+_REPORT_DIR = flags.DEFINE_string(
+    "report_dir", None,
+    "Write report.md and its figures (figures/*.png) into this directory, as "
+    "a sweep does in its workdir: the fitted laws against the data, and as "
+    "far as the input "
+    "allows, the IsoFLOP curves (budgets: the budget column, else 6ND), the "
+    "cost of granularity (G > 1), the branch law (per-exit rows), and for a "
+    "results directory with its plan.json the compute-optimal allocation and "
+    "the Efficiency Leverage.")
 _INPUT_LABEL = flags.DEFINE_string(
     "input_label", "input",
     "The label of --input's setting (--alternatives, --cost_figure).")
@@ -285,7 +299,8 @@ def _cost_curves(report: dict) -> dict:
   return curves
 
 
-def run(argv_input: str, form: str) -> dict:
+def run(argv_input: str, form: str) -> tuple[dict, dict]:
+  """The report of the fits, and the loss table they were fitted to."""
   parts = argv_input.split("+")
   table = (table_lib.load_csv(_resolve(argv_input)) if len(parts) == 1 else
            _joined("input", argv_input, parts))
@@ -338,7 +353,7 @@ def run(argv_input: str, form: str) -> dict:
                 input_sha256="+".join(digests),
                 n_rows=len(table["loss"]), huber_delta=_DELTA.value,
                 seconds=round(time.time() - start, 2))
-  return report
+  return report, table
 
 
 # Flags that only act with one of some others: refused alone, not ignored.
@@ -374,7 +389,7 @@ def main(argv):
         raise app.UsageError(f"--best_of={_BEST_OF.value} would overwrite the "
                              f"input {path}; give another directory.")
   try:
-    report = run(_INPUT.value, _FORM.value)
+    report, table = run(_INPUT.value, _FORM.value)
   except ValueError as e:
     sys.exit(f"fit_law: error: {e}")
   print(report_lib.format_report(report))
@@ -391,6 +406,13 @@ def main(argv):
   if _COST_FIGURE.value:
     path = plots.granularity_cost(_cost_curves(report), _COST_FIGURE.value)
     print(f"wrote {path}")
+  if _REPORT_DIR.value:
+    figures = plots.draw_all(table, report,
+                             os.path.join(_REPORT_DIR.value, "figures"))
+    atomic_write(os.path.join(_REPORT_DIR.value, "report.md"),
+                 report_lib.markdown(report, figures, _REPORT_DIR.value))
+    print(f"wrote report.md and {len(figures)} figures ({', '.join(figures)})"
+          f" under {_REPORT_DIR.value}")
   if "best_of" in report:
     b = report["best_of"]
     print(f"wrote {b['path']}: {b['rows']} rows; models at each setting: "

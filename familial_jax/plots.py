@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from familial_jax.laws import forms as forms_lib  # noqa: E402
+from familial_jax.laws import report as report_lib  # noqa: E402
 from familial_jax.laws import table as table_lib  # noqa: E402
 
 
@@ -42,6 +43,7 @@ def isoflop_curves(table, report, form, path):
             (report.get("analysis") or {}).get("isoflop_minima", [])
             if r["bracketed"]}
   fam = table_lib.family_table(table)
+  fam = dict(fam, budget=table_lib.budgets_of(fam))  # the table's, or 6ND
   gs = np.unique(fam["granularity"])
   budgets = np.unique(fam["budget"])
   fig, axes = plt.subplots(1, len(gs), figsize=(4 * len(gs), 3.4),
@@ -71,6 +73,8 @@ def isoflop_curves(table, report, form, path):
 def law_fit(table, report, form, path):
   """Observed against predicted family loss for every unified form, each
   labelled with its held-out error where the report has one."""
+  if not any(f in report["fits"] for f in forms_lib.UNIFIED_FORMS):
+    return None
   fam = table_lib.family_table(table)
   fig, ax = plt.subplots(figsize=(4.2, 4))
   for name, marker in (("chinchilla", "o"), ("multiplicative", "s"),
@@ -93,24 +97,21 @@ def law_fit(table, report, form, path):
 
 
 def granularity_pairs(table, report=None) -> dict[str, np.ndarray]:
-  """Each G > 1 model beside the G = 1 model of its budget and shape
-  (d_model): {"granularity", "observed" (family loss over the dense loss),
-  and with a multiplicative fit in `report`, "law" (its ratio for the same
-  pair: the family's N and tokens against the dense model's)}."""
-  keys = np.stack([table["budget"], table["d_model"], table["granularity"]], 1)
-  uniq, inv = np.unique(keys, axis=0, return_inverse=True)
-  inv = inv.reshape(-1)
-  mean = lambda col: np.bincount(inv, table[col]) / np.bincount(inv)
-  loss, params, tokens = mean("loss"), mean("params"), mean("tokens")
-  dense = {(c, d): i for i, (c, d, g) in enumerate(uniq) if g == 1}
-  family = [k for k, (c, d, g) in enumerate(uniq) if g > 1 and (c, d) in dense]
-  i = np.array(family, dtype=int)
-  j = np.array([dense[tuple(uniq[k, :2])] for k in family], dtype=int)
-  out = {"granularity": uniq[i, 2], "observed": loss[i] / loss[j]}
-  if report is not None and "multiplicative" in report["fits"] and len(i):
+  """Each G > 1 model beside the G = 1 model of its budget and depth
+  (`laws.report.dense_partners`): {"granularity", "observed" (family loss
+  over the dense loss), and with a multiplicative fit in `report`, "law" (its
+  ratio for the same pair: the family's N and tokens against the dense
+  model's)}."""
+  pairs = sorted(report_lib.dense_partners(table), key=lambda p: (
+      p["budget"], p["params"], p["granularity"]))  # drawn in this order
+  col = lambda k: np.array([p[k] for p in pairs], np.float64)
+  g = col("granularity")
+  out = {"granularity": g, "observed": col("loss") / col("dense_loss")}
+  if report is not None and "multiplicative" in report["fits"] and pairs:
     out["law"] = (
-        _predict(report, "multiplicative", params[i], tokens[i], uniq[i, 2]) /
-        _predict(report, "multiplicative", params[j], tokens[j], 1))
+        _predict(report, "multiplicative", col("params"), col("tokens"), g) /
+        _predict(report, "multiplicative", col("dense_params"),
+                 col("dense_tokens"), 1))
   return out
 
 
@@ -119,6 +120,8 @@ def granularity_penalty(table, report, path):
   (`granularity_pairs`), with the fitted G^gamma (equal N and D) and its
   interval, and the multiplicative law's ratio for the same pairs (the
   family also trains on fewer tokens: its exit heads cost FLOPs)."""
+  if not np.any(table["granularity"] > 1):
+    return None
   pairs = granularity_pairs(table, report)
   xs, ys = pairs["granularity"], pairs["observed"]
   gs = np.linspace(1, np.max(table["granularity"]), 50)
@@ -332,7 +335,9 @@ def granularity_cost(curves: dict, path):
 def draw_all(table, report, directory) -> dict[str, str]:
   """Every figure into `directory`; returns {title: path}."""
   os.makedirs(directory, exist_ok=True)
-  form = report.get("selected_form") or next(iter(report["fits"]))
+  # The law drawn through the IsoFLOP curves: a law of N, D and G.
+  form = report.get("selected_form") or next(
+      (f for f in report["fits"] if f in forms_lib.UNIFIED_FORMS), None)
   p = lambda name: os.path.join(directory, name)
   figures = {
       "IsoFLOP curves": isoflop_curves(table, report, form, p("isoflop.png")),

@@ -14,6 +14,7 @@ import pytest
 from scipy import optimize
 
 from familial_jax import laws
+from familial_jax import plots
 from familial_jax.flops import ShapeLadder
 from familial_jax.laws import analysis
 from familial_jax.laws import fitting
@@ -777,10 +778,18 @@ def test_fit_law_binary(tmp_path):
   out = tmp_path / "fit.json"
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "fit_law.py"),
-       f"--input={path}", "--form=all", "--bootstrap=10", f"--output={out}"],
+       f"--input={path}", "--form=all", "--bootstrap=10", f"--output={out}",
+       f"--report_dir={tmp_path / 'report'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   assert "prefers: multiplicative" in proc.stdout
+  # --report_dir on a user's CSV: the figures its columns allow (no plan.json:
+  # no allocation or leverage; no per-exit rows: no branch law).
+  assert sorted(os.listdir(tmp_path / "report" / "figures")) == [
+      "granularity.png", "isoflop.png", "law_fit.png"]
+  assert [line for line in (tmp_path / "report" / "report.md").read_text(
+  ).splitlines() if line.startswith("## ")] == [
+      "## IsoFLOP curves", "## Fitted laws", "## Granularity penalty"]
   # Progress (stderr): each step with its time and the converged count.
   assert "multiplicative: 10 bootstrap refits (points resampled)" in proc.stderr
   assert "held-out selection (3 forms" in proc.stderr
@@ -790,6 +799,12 @@ def test_fit_law_binary(tmp_path):
   assert set(report["fits"]["reducible"]["params"]) == {
       "E", "A", "B", "alpha", "beta", "gamma"}
   assert len(report["fits"]["multiplicative"]["bootstrap"]["intervals"]) == 6
+  # The granularity figure's pairs: each G > 1 model beside the dense model
+  # of its budget and N (no shape column), where the law's ratio is G^gamma.
+  pairs = plots.granularity_pairs(synthetic_table(), report)
+  assert sorted(pairs["granularity"]) == [2] * 25 + [4] * 25 + [8] * 25
+  np.testing.assert_allclose(pairs["law"], pairs["granularity"] ** gamma,
+                             rtol=1e-12)
 
 
 def _assert_reproduces(got, want):
@@ -866,10 +881,22 @@ def test_fit_law_reproduces_the_committed_sweep_report(tmp_path):
        f"lr2={tmp_path / 'other_low.csv'}+{tmp_path / 'other.csv'}",
        f"--setting_figure={tmp_path / 'settings.png'}",
        f"--cost_figure={tmp_path / 'cost.png'}",
-       f"--best_of={tmp_path / 'best'}"],
+       f"--best_of={tmp_path / 'best'}",
+       f"--report_dir={tmp_path / 'report'}"],
       capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr
   got = json.loads(out.read_text())
+  # --report_dir: the sweep's report.md and figures again, from its CSV and
+  # plan.json: the same sections, table rows and figures (the numbers are
+  # the fits', checked against fits.json below).
+  def outline(text):
+    return [line.split("|")[1] if line.startswith("|") else line
+            for line in text.splitlines() if line.startswith(("#", "|", "!"))]
+  assert outline((tmp_path / "report" / "report.md").read_text()) == outline(
+      open(os.path.join(committed, "report.md")).read())
+  assert (sorted(os.listdir(tmp_path / "report" / "figures")) ==
+          sorted(os.listdir(os.path.join(committed, "figures"))))
+  assert f"under {tmp_path / 'report'}" in proc.stdout
   # --best_of: the smallest sizes from lr2, the rest from lr1, as a results
   # directory this binary can fit: the chosen rows and the input's plan.
   best = laws.table.load_csv(str(tmp_path / "best" / "results.csv"))

@@ -10,6 +10,7 @@ import pytest
 
 from familial_jax import isoflop
 from familial_jax import plots
+from familial_jax import laws
 from familial_jax import sweep as sweep_lib
 from familial_jax.results import ResultsStore
 
@@ -88,3 +89,12 @@ def test_fit_and_draw_writes_every_figure_and_the_report(tmp_path):
   got = sorted(zip(pairs["granularity"], pairs["observed"], pairs["law"]))
   assert len(got) == len(want) == 24
   assert np.array(got) == pytest.approx(np.array(sorted(want)), rel=1e-6)
+  # A user's table has no shape column: the same pairs from N alone (a
+  # family's N is its dense partner's plus the exit norms), per model.
+  family = laws.table.family_table(laws.table.load_csv(
+      os.path.join(COMMITTED, "results.csv")))
+  assert "d_model" not in family and "exit" not in family
+  pairs = plots.granularity_pairs(family, saved)
+  assert np.array(sorted(zip(pairs["granularity"], pairs["observed"],
+                             pairs["law"]))) == pytest.approx(
+                                 np.array(sorted(want)), rel=1e-6)

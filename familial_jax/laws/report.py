@@ -517,15 +517,43 @@ def _minima_of(models: dict) -> list[dict]:
       "loss": [_family_loss(models[k]) for k in keys]})
 
 
-def _granularity_ratios(models: dict) -> dict[int, dict[float, list[float]]]:
-  """Each G > 1 model's family loss over its dense partner's (same budget
-  and depth, `_dense_partner`): {G: {budget: [ratio]}}, in `models` order."""
-  out = {}
+def _pairs(models: dict):
+  """(key, exits, dense partner's exits) of each G > 1 model that has a dense
+  partner (same budget and depth, `_dense_partner`), in `models` order."""
   for key, exits in models.items():
     dense = _dense_partner(models, key) if key[2] > 1 else None
     if dense is not None:
-      out.setdefault(key[2], {}).setdefault(key[0], []).append(
-          _family_loss(exits) / _family_loss(dense))
+      yield key, exits, dense
+
+
+def dense_partners(table) -> list[dict]:
+  """Each G > 1 model of a loss table beside its dense partner, the G = 1
+  model of the same budget and depth (its N within 1%: a family's N exceeds
+  the dense N only by its exit norms). Needs no law and no shape column.
+
+  Returns:
+    [{"granularity", "budget", "params", "tokens", "loss" (the family loss:
+    the mean over its exits), "dense_params", "dense_tokens", "dense_loss"}],
+    one per pair, in the table's order of models.
+  """
+  out = []
+  for (c, _, g), exits, dense in _pairs(_models(table)):
+    row, dense_row = next(iter(exits.values())), next(iter(dense.values()))
+    out.append({"granularity": g, "budget": c, "params": row["params"],
+                "tokens": row["tokens"], "loss": _family_loss(exits),
+                "dense_params": dense_row["params"],
+                "dense_tokens": dense_row["tokens"],
+                "dense_loss": _family_loss(dense)})
+  return out
+
+
+def _granularity_ratios(models: dict) -> dict[int, dict[float, list[float]]]:
+  """Each G > 1 model's family loss over its dense partner's (`_pairs`):
+  {G: {budget: [ratio]}}, in `models` order."""
+  out = {}
+  for key, exits, dense in _pairs(models):
+    out.setdefault(key[2], {}).setdefault(key[0], []).append(
+        _family_loss(exits) / _family_loss(dense))
   return out
 
 
