@@ -427,6 +427,14 @@ def test_predict_and_form_selection_refuse_what_is_not_a_law_input():
       one, "multiplicative").params
   assert lines[-1] == ("  held-out selection skipped: it leaves one budget "
                        "out at a time, and the table has 1 budget")
+  assert not any("no budget column" in line for line in lines)
+  # No budget column: the log says where the budgets came from (this
+  # design's D = C / 6N, so 6ND finds its 5 budgets).
+  lines = []
+  laws.report.fit_all({k: v for k, v in table.items() if k != "budget"},
+                      "chinchilla", n_boot=0, log=lines.append)
+  assert any(line.startswith("  no budget column: 5 budgets from 6ND")
+             for line in lines)
   assert laws.select_form({"reducible": 0.1, "multiplicative": 0.1}) == [
       "multiplicative", "reducible"]
   for errors, message in [([0.1, 0.2], "select_form takes {form name"),

@@ -61,7 +61,12 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
     out[name] = entry
   unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
   selected, tied = None, []
-  budgets = len(np.unique(table_lib.budgets_of(table_lib.as_table(table))))
+  table = table_lib.as_table(table)
+  budgets = len(np.unique(table_lib.budgets_of(table)))
+  if "budget" not in table:
+    log(f"  no budget column: {budgets} budgets from 6ND on a 0.05-decade "
+        "grid, which splits an IsoFLOP profile whose FLOPs are not 6ND (exit "
+        "heads, attention); give the column if the table has one")
   if len(unified) > 1 and budgets < 2:
     log(f"  held-out selection skipped: it leaves one budget out at a time, "
         f"and the table has {budgets} budget")
