@@ -1,7 +1,10 @@
 """The paper-style figures, from a sweep's loss table and its fitted laws.
 
-Every function takes the per-exit loss table (`ResultsStore.table()`), the
-report of `laws.report.fit_all` (+ `analyse`) and writes one PNG.
+The figures of a sweep's report (`draw_all`) take a loss table (a sweep's
+per-exit `ResultsStore.table()` or any table `laws.fit` takes) and the report
+of `laws.report.fit_all` (+ `analyse_sweep`), and each writes one PNG, or
+returns None where the table or report lacks what it draws. `setting_check`
+and `granularity_cost` draw the comparisons of `experiments/fit_law.py`.
 """
 
 from __future__ import annotations
@@ -333,7 +336,16 @@ def granularity_cost(curves: dict, path):
 
 
 def draw_all(table, report, directory) -> dict[str, str]:
-  """Every figure into `directory`; returns {title: path}."""
+  """Every figure that the table and report allow into `directory`.
+
+  Always the fitted laws (a unified form fitted) and the IsoFLOP curves;
+  the cost of granularity with G > 1 rows; the branch law with per-exit rows
+  and its fit; the compute-optimal allocation and Efficiency Leverage with
+  `laws.report.analyse_sweep`'s analysis (it needs the sweep's ladder).
+
+  Returns:
+    {title: path} of the figures drawn.
+  """
   os.makedirs(directory, exist_ok=True)
   # The law drawn through the IsoFLOP curves: a law of N, D and G.
   form = report.get("selected_form") or next(
