@@ -391,6 +391,50 @@ def test_allocation_refuses_impossible_budgets_and_granularities():
       laws.efficiency_leverage(result, ladder=ladder, **dict(el, **change))
 
 
+def test_a_form_unfit_without_a_budget_is_left_out_of_the_selection():
+  """Two of tiny_cpu's budgets: the reducible law has no finite fit on the
+  lowest budget alone, so it cannot be checked held out. It keeps its fit,
+  its held-out error says why there is none, and the others are selected
+  between (before, the whole report failed: 'no finite fit without budget').
+  With no form left, a clear error; with no bootstrap, the claims say there
+  is no interval rather than printing NaN."""
+  table = laws.table.family_table(laws.table.load_csv(os.path.join(
+      REPO, "experiments", "results", "tiny_cpu", "results.csv")))
+  two = laws.table.select(table, table["budget"] < 1e11)
+  low = two["budget"].min()
+  with pytest.raises(ValueError, match="reached a finite optimum"):
+    laws.fit(laws.table.select(two, two["budget"] == low), "reducible")
+  sel = laws.leave_one_budget_out(two)
+  assert sel["forms"]["reducible"] == {"rmse_log": None, "per_budget": {},
+                                       "no_fit_without": [4.5e10]}
+  assert "reducible" not in sel["tied"]
+  errors = {k: sel["forms"][k]["rmse_log"]
+            for k in ("chinchilla", "multiplicative")}
+  assert sel["tied"] == laws.select_form(errors) and sel["best"] == min(
+      errors, key=errors.get)
+  with pytest.raises(ValueError, match="no form has a finite fit with each "
+                     "budget left out .reducible without 4.5e[+]10"):
+    laws.leave_one_budget_out(two, "reducible")
+  lines = []
+  report = laws.report.fit_all(two, n_boot=0, log=lines.append)
+  entry = report["fits"]["reducible"]
+  assert entry["heldout_no_fit_without"] == [4.5e10]
+  assert entry["params"] == laws.fit(two, "reducible").params
+  assert report["selected_form"] == sel["best"]
+  assert ("  reducible: no finite fit without budget 4.5e+10: not checked "
+          "held out, not selected") in lines
+  assert ("held-out rmse(log L) none: no fit without budget 4.5e+10"
+          in laws.report.format_report(report))
+  text = laws.report.markdown(report, {}, ".")
+  assert "| none: no fit without budget 4.5e+10 |" in text
+  assert "Intervals: none (fitted without a bootstrap)." in text
+  gamma = next(c for c in laws.report.claims(report, two, None)
+               if c["claim"].startswith("gamma is small"))
+  assert "nan" not in gamma["fitted"] and gamma["verdict"].startswith(
+      "undecided")
+  assert gamma["fitted"].endswith("(no bootstrap interval)")
+
+
 def test_predict_and_form_selection_refuse_what_is_not_a_law_input():
   """FitResult.predict refuses N or D <= 0 and G < 1 (before: NaN with a
   numpy warning, and a loss of 0 at G = 0); leave_one_budget_out and

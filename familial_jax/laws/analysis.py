@@ -183,10 +183,19 @@ def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
     backend: L-BFGS backend.
     tie_rtol: relative difference of held-out errors below which forms tie.
 
+  A form that no starting point fits with some budget left out (with few
+  budgets the rest may not identify it) cannot be checked held out: its
+  entry says which budgets ("no_fit_without"), its error is None, and it is
+  not selected.
+
   Returns:
-    {"forms": {name: {"rmse_log": float, "per_budget": {C: rmse}}},
+    {"forms": {name: {"rmse_log": float or None, "per_budget": {C: rmse}
+     (and "no_fit_without": [C], where rmse_log is None)}},
      "best": the selected form, "tied": the forms tied with the lowest error
      (the best among them; just the best when nothing ties)}.
+
+  Raises:
+    ValueError: fewer than 2 budgets, or no form fitted without each budget.
   """
   out = {}
   for name in forms_lib.form_names(forms):
@@ -201,17 +210,28 @@ def leave_one_budget_out(table, forms=forms_lib.UNIFIED_FORMS,
     thetas, values, _ = fit_lib.minimise(
         form, x, y, masks, fit_lib.besiroglu_grid(form),
         huber_delta=huber_delta, backend=backend)
+    failed = [float(b) for b, v in zip(uniq, values) if not np.isfinite(v)]
+    if failed:  # a fold it cannot fit: the form cannot be checked held out
+      out[name] = {"rmse_log": None, "per_budget": {},
+                   "no_fit_without": failed}
+      continue
     sq, per_budget = [], {}
-    for b, theta, value in zip(uniq, thetas, values):
+    for b, theta in zip(uniq, thetas):
       held = budgets == b
-      if not np.isfinite(value):
-        raise ValueError(f"form {name!r}: no finite fit without budget {b:g}.")
       r = fit_lib.predict_log(form, theta, x[held]) - y[held]
       sq.append(r ** 2)
       per_budget[float(b)] = float(np.sqrt(np.mean(r ** 2)))
     out[name] = {"rmse_log": float(np.sqrt(np.mean(np.concatenate(sq)))),
                  "per_budget": per_budget}
-  tied = select_form({k: v["rmse_log"] for k, v in out.items()}, tie_rtol)
+  errors = {k: v["rmse_log"] for k, v in out.items()
+            if v["rmse_log"] is not None}
+  if not errors:
+    raise ValueError(
+        "leave-one-budget-out: no form has a finite fit with each budget "
+        "left out (" + "; ".join(
+            f"{k} without {', '.join(f'{b:g}' for b in v['no_fit_without'])}"
+            for k, v in out.items()) + "); more budgets would identify them.")
+  tied = select_form(errors, tie_rtol)
   return {"forms": out, "best": tied[0], "tied": tied}
 
 

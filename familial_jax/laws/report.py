@@ -78,6 +78,11 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
         f"out) in {time.time() - start:.1f} s")
     for name, v in selection["forms"].items():
       out[name]["heldout_rmse_log"] = v["rmse_log"]
+      if "no_fit_without" in v:
+        out[name]["heldout_no_fit_without"] = v["no_fit_without"]
+        log(f"  {name}: no finite fit without budget "
+            + ", ".join(f"{c:g}" for c in v["no_fit_without"])
+            + ": not checked held out, not selected")
     selected, tied = selection["best"], selection["tied"]
   return {"fits": out, "selected_form": selected, "selection_tied": tied,
           "huber_delta": huber_delta}
@@ -194,6 +199,16 @@ def _tie_note(report: dict) -> str:
           f"{', '.join(others)}: fewest parameters, then the paper's form)")
 
 
+def _heldout(entry: dict) -> str:
+  """A fit's held-out error as the reports print it: the number, why there
+  is none, or '' (no held-out selection was run)."""
+  if entry.get("heldout_no_fit_without"):
+    return ("none: no fit without budget " + ", ".join(
+        f"{c:g}" for c in entry["heldout_no_fit_without"]))
+  held = entry.get("heldout_rmse_log")
+  return "" if held is None else f"{held:.4g}"
+
+
 def format_report(report: dict) -> str:
   """Plain-text table of every fit."""
   lines = []
@@ -201,11 +216,11 @@ def format_report(report: dict) -> str:
     lines.append("fitted to the points of budgets "
                  + ", ".join(f"{c:g}" for c in report["budgets"]) + " only")
   for name, entry in report["fits"].items():
-    held = entry.get("heldout_rmse_log")
+    held = _heldout(entry)
     lines.append(
         f"== {name}: objective {entry['objective']:.7g}, rmse(log L) "
         f"{entry['rmse_log']:.4g}, converged {entry['converged']}"
-        + (f", held-out rmse(log L) {held:.4g}" if held is not None else ""))
+        + (f", held-out rmse(log L) {held}" if held else ""))
     boot = entry.get("bootstrap", {})
     intervals = boot.get("intervals", {})
     header = f"  {'param':<7}{'value':>14}"
@@ -244,10 +259,8 @@ def markdown(report: dict, figures: dict[str, str], root: str) -> str:
       if k in iv:
         cell += f" [{iv[k][0]:.4g}, {iv[k][1]:.4g}]"
       cells.append(cell)
-    held = e.get("heldout_rmse_log")
     out.append(f"| {name} | " + " | ".join(cells) +
-               f" | {e['objective']:.4g} | "
-               f"{'' if held is None else f'{held:.4g}'} |")
+               f" | {e['objective']:.4g} | {_heldout(e)} |")
   out.append("")
   if report.get("selected_form"):
     out.append(f"Held-out selection (leave one budget out) prefers "
@@ -256,9 +269,12 @@ def markdown(report: dict, figures: dict[str, str], root: str) -> str:
                f"{e['bootstrap']['n_boot']}"
                for name, e in report["fits"].items()
                if "n_converged" in e.get("bootstrap", {})]
-  out.append("Intervals: bootstrap percentile intervals (see fits.json)" + (
-      f"; bootstrap fits converged: {', '.join(converged)}." if converged
-      else "."))
+  if not any("bootstrap" in e for e in report["fits"].values()):
+    out.append("Intervals: none (fitted without a bootstrap).")
+  else:
+    out.append("Intervals: bootstrap percentile intervals (see fits.json)" + (
+        f"; bootstrap fits converged: {', '.join(converged)}." if converged
+        else "."))
   out.append("")
   alloc = allocation_rows(report)
   if alloc:
@@ -760,11 +776,13 @@ def claims(report: dict, table, ladder) -> list[dict]:
                "does not hold" if lo >= SMALL_GAMMA else "undecided")
     out.append({
         "claim": "gamma is small (granularity is nearly free)",
-        "fitted": f"{form}: gamma = {gamma:.4f} [{lo:.4f}, {hi:.4f}]; "
-                  f"G^gamma at G = {g_max}: {g_max ** gamma:.3f} "
-                  f"[{g_max ** lo:.3f}, {g_max ** hi:.3f}]",
+        "fitted": f"{form}: gamma = {gamma:.4f}{_interval(lo, hi, '.4f')}; "
+                  f"G^gamma at G = {g_max}: {g_max ** gamma:.3f}"
+                  f"{_interval(g_max ** lo, g_max ** hi, '.3f')}",
         "observed": observed,
-        "verdict": f"{verdict} (threshold: 95% upper bound < {SMALL_GAMMA})"})
+        "verdict": f"{verdict} (threshold: 95% upper bound < {SMALL_GAMMA})"
+                   + ("; no interval without a bootstrap" if np.isnan(hi)
+                      else "")})
 
   # 2. Efficiency Leverage > 1, most in low compute (judged over the sweep's
   # own budgets; the 100x extrapolation is shown beside it).
@@ -843,8 +861,8 @@ def claims(report: dict, table, ladder) -> list[dict]:
       b = fits["branch"]
       lo, hi = b.get("bootstrap", {}).get("intervals", {}).get(
           "gamma", (float("nan"), float("nan")))
-      fitted = (f"branch law: exponent of g = {b['params']['gamma']:.4f} "
-                f"[{lo:.4f}, {hi:.4f}]")
+      fitted = (f"branch law: exponent of g = {b['params']['gamma']:.4f}"
+                f"{_interval(lo, hi, '.4f')}")
     verdict = ("holds" if abs(mean - 1) <= SMALL_BRANCH else
                "does not hold: the deepest exit is worse" if mean > 1 else
                "holds: the deepest exit is even better")
@@ -862,6 +880,14 @@ def claims(report: dict, table, ladder) -> list[dict]:
         "verdict": f"{verdict} (threshold: within {SMALL_BRANCH:.0%} of 1"
                    + (", at equal tokens)" if same_d else ")")})
   return out
+
+
+def _interval(lo: float, hi: float, spec: str) -> str:
+  """' [lo, hi]' formatted with spec, or a note where there is no interval
+  (NaN: the fit had no bootstrap)."""
+  if np.isnan(lo) or np.isnan(hi):
+    return " (no bootstrap interval)"
+  return f" [{lo:{spec}}, {hi:{spec}}]"
 
 
 _EDGE = " (edge)"
