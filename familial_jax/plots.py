@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from familial_jax.laws import analysis as analysis_lib  # noqa: E402
 from familial_jax.laws import forms as forms_lib  # noqa: E402
 from familial_jax.laws import report as report_lib  # noqa: E402
 from familial_jax.laws import table as table_lib  # noqa: E402
@@ -38,13 +39,21 @@ def _save(fig, path, rect=None):
   return path
 
 
+def bracketed_minima(table, report) -> dict:
+  """{(G, budget): row} of the IsoFLOP profiles that bracket their minimum
+  (`laws.isoflop_minima` rows): the report's sweep analysis, or without one
+  (a plain table given to fit_law) the data's own."""
+  rows = (report.get("analysis") or {}).get("isoflop_minima")
+  if rows is None:
+    rows = analysis_lib.isoflop_minima(table)
+  return {(r["granularity"], r["budget"]): r for r in rows if r["bracketed"]}
+
+
 def isoflop_curves(table, report, form, path):
   """Family loss against N, one line per budget, one panel per G; the
   fitted law dashed; a star at each bracketed profile's own minimum
   (`laws.isoflop_minima`)."""
-  minima = {(r["granularity"], r["budget"]): r for r in
-            (report.get("analysis") or {}).get("isoflop_minima", [])
-            if r["bracketed"]}
+  minima = bracketed_minima(table, report)
   fam = table_lib.family_table(table)
   fam = dict(fam, budget=table_lib.budgets_of(fam))  # the table's, or 6ND
   gs = np.unique(fam["granularity"])

@@ -98,3 +98,21 @@ def test_fit_and_draw_writes_every_figure_and_the_report(tmp_path):
   assert np.array(sorted(zip(pairs["granularity"], pairs["observed"],
                              pairs["law"]))) == pytest.approx(
                                  np.array(sorted(want)), rel=1e-6)
+
+
+def test_isoflop_stars_come_from_the_data_without_a_sweep_analysis():
+  """The IsoFLOP figure's stars for a plain table (fit_law on a CSV: no
+  plan.json, so no sweep analysis) are the data's own bracketed minima; on
+  the committed cpu_large CSV they are the 15 of 24 profiles its report.md
+  counts, the same rows as its committed analysis."""
+  path = os.path.join(REPO, "experiments", "results", "cpu_large")
+  table = laws.table.load_csv(os.path.join(path, "results.csv"))
+  stars = plots.bracketed_minima(table, {"fits": {}})
+  assert len(stars) == 15
+  with open(os.path.join(path, "fits.json")) as f:
+    committed = plots.bracketed_minima(table, json.load(f))
+  assert sorted(stars) == sorted(committed)
+  for key, row in stars.items():
+    assert row["params"] == pytest.approx(committed[key]["params"], rel=1e-9)
+  assert plots.bracketed_minima(table,
+                                {"analysis": {"isoflop_minima": []}}) == {}
