@@ -2,6 +2,7 @@
 
 import csv
 import hashlib
+import itertools
 import os
 import json
 import re
@@ -433,6 +434,15 @@ def test_a_form_unfit_without_a_budget_is_left_out_of_the_selection():
   assert "nan" not in gamma["fitted"] and gamma["verdict"].startswith(
       "undecided")
   assert gamma["fitted"].endswith("(no bootstrap interval)")
+  # Resampling whole budgets of two: every replicate is one of the 3
+  # multisets of 2 budgets drawn from 2 (counted here), and the log says so.
+  lines = []
+  laws.report.fit_all(two, "chinchilla", n_boot=2, resample="budget",
+                      log=lines.append)
+  kinds = len({tuple(sorted(c)) for c in itertools.product(range(2), repeat=2)})
+  assert lines[0] == (f"  resampling whole budgets of only 2: a replicate is "
+                      f"one of {kinds} tables, so the intervals are coarse; "
+                      "resample='point' resamples models")
 
 
 def test_predict_and_form_selection_refuse_what_is_not_a_law_input():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Callable
@@ -45,6 +46,16 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
   forms = (default_forms(table) if forms is None
            else forms_lib.form_names(forms))
   log = log or (lambda line: None)
+  table = table_lib.as_table(table)
+  budgets = len(np.unique(table_lib.budgets_of(table)))
+  if "budget" not in table:
+    log(f"  no budget column: {budgets} budgets from 6ND on a 0.05-decade "
+        "grid, which splits an IsoFLOP profile whose FLOPs are not 6ND (exit "
+        "heads, attention); give the column if the table has one")
+  if n_boot and resample == "budget" and budgets < 5:
+    log(f"  resampling whole budgets of only {budgets}: a replicate is one of "
+        f"{math.comb(2 * budgets - 1, budgets)} tables, so the intervals are "
+        "coarse; resample='point' resamples models")
   out = {}
   for name in forms:
     start = time.time()
@@ -61,12 +72,6 @@ def fit_all(table, forms=None, huber_delta: float = 1e-3, n_boot: int = 100,
     out[name] = entry
   unified = [f for f in forms if f in forms_lib.UNIFIED_FORMS]
   selected, tied = None, []
-  table = table_lib.as_table(table)
-  budgets = len(np.unique(table_lib.budgets_of(table)))
-  if "budget" not in table:
-    log(f"  no budget column: {budgets} budgets from 6ND on a 0.05-decade "
-        "grid, which splits an IsoFLOP profile whose FLOPs are not 6ND (exit "
-        "heads, attention); give the column if the table has one")
   if len(unified) > 1 and budgets < 2:
     log(f"  held-out selection skipped: it leaves one budget out at a time, "
         f"and the table has {budgets} budget")
