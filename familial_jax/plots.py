@@ -32,6 +32,9 @@ def _colors(n):
   return plt.cm.viridis(np.linspace(0, 0.9, max(n, 1)))
 
 
+_MAX_LEGEND = 8  # budgets named in a legend; more get a colour bar
+
+
 def _save(fig, path, rect=None):
   fig.tight_layout(rect=rect)
   fig.savefig(path, dpi=110)
@@ -53,6 +56,7 @@ def isoflop_curves(table, report, form, path):
   """Family loss against N, one line per budget, one panel per G; the
   fitted law dashed; a star at each bracketed profile's own minimum
   (`laws.isoflop_minima`)."""
+  table = table_lib.as_table(table)
   minima = bracketed_minima(table, report)
   fam = table_lib.family_table(table)
   fam = dict(fam, budget=table_lib.budgets_of(fam))  # the table's, or 6ND
@@ -60,8 +64,17 @@ def isoflop_curves(table, report, form, path):
   budgets = np.unique(fam["budget"])
   fig, axes = plt.subplots(1, len(gs), figsize=(4 * len(gs), 3.4),
                            sharex=True, sharey=True, squeeze=False)
+  # A legend entry per budget up to 8; beyond (say a table that is not an
+  # IsoFLOP design, whose 6ND budgets are many) a colour bar of log C.
+  scale = None
+  if len(budgets) > _MAX_LEGEND:
+    scale = plt.cm.ScalarMappable(
+        matplotlib.colors.LogNorm(budgets.min(), budgets.max()),
+        matplotlib.colors.ListedColormap(_colors(256)))
+  colors = (_colors(len(budgets)) if scale is None else
+            scale.to_rgba(budgets))
   for ax, g in zip(axes[0], gs):
-    for color, c in zip(_colors(len(budgets)), budgets):
+    for color, c in zip(colors, budgets):
       m = (fam["granularity"] == g) & (fam["budget"] == c)
       order = np.argsort(fam["params"][m])
       n, d, l = (fam[k][m][order] for k in ("params", "tokens", "loss"))
@@ -78,7 +91,10 @@ def isoflop_curves(table, report, form, path):
     ax.set_xlabel("N (non-embedding parameters)")
     ax.set_title(f"G = {int(g)}")
   axes[0][0].set_ylabel("family loss (nats/token)")
-  axes[0][-1].legend(fontsize=7)
+  if scale is None:
+    axes[0][-1].legend(fontsize=7)
+  else:
+    fig.colorbar(scale, ax=axes[0][-1], label=f"C ({len(budgets)} budgets)")
   return _save(fig, path)
 
 
@@ -87,7 +103,7 @@ def law_fit(table, report, form, path):
   labelled with its held-out error where the report has one."""
   if not any(f in report["fits"] for f in forms_lib.UNIFIED_FORMS):
     return None
-  fam = table_lib.family_table(table)
+  fam = table_lib.family_table(table_lib.as_table(table))
   fig, ax = plt.subplots(figsize=(4.2, 4))
   for name, marker in (("chinchilla", "o"), ("multiplicative", "s"),
                        ("reducible", "^")):
@@ -132,6 +148,7 @@ def granularity_penalty(table, report, path):
   (`granularity_pairs`), with the fitted G^gamma (equal N and D) and its
   interval, and the multiplicative law's ratio for the same pairs (the
   family also trains on fewer tokens: its exit heads cost FLOPs)."""
+  table = table_lib.as_table(table)
   if not np.any(table["granularity"] > 1):
     return None
   pairs = granularity_pairs(table, report)
@@ -207,6 +224,7 @@ def branch_law(table, report, path):
   """
   if "branch" not in report["fits"] or "exit" not in table:
     return None
+  table = table_lib.as_table(table)
   entry = report["fits"]["branch"]
   law = forms_lib.get_form("branch")
   base = law.predict(entry["params"], table["exit_params"], table["tokens"], 1)

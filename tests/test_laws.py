@@ -292,6 +292,17 @@ def test_bad_input_is_a_clear_value_error(mutate, message):
     laws.fit(table, "multiplicative")
 
 
+def test_a_csv_without_a_required_column_names_its_own_columns(tmp_path):
+  """The error lists the file's header (before: only the columns kept, so a
+  file of dataset, P, non_embedding_params and loss 'had ['loss']')."""
+  path = tmp_path / "parscale.csv"
+  path.write_text("dataset,P,non_embedding_params,loss\nstack,2,5e8,1.2\n")
+  with pytest.raises(ValueError, match=re.escape(
+      "no column(s) ['params', 'tokens']; its columns are ['dataset', 'P', "
+      "'non_embedding_params', 'loss']")):
+    laws.table.load_csv(str(path))
+
+
 def test_too_few_points_and_unknown_names():
   table = {k: v[:6] for k, v in synthetic_table().items()}
   with pytest.raises(ValueError, match="6 parameters but the table has only 6"):

@@ -116,3 +116,28 @@ def test_isoflop_stars_come_from_the_data_without_a_sweep_analysis():
     assert row["params"] == pytest.approx(committed[key]["params"], rel=1e-9)
   assert plots.bracketed_minima(table,
                                 {"analysis": {"isoflop_minima": []}}) == {}
+
+
+@pytest.mark.parametrize("n_budgets", [6, 12])
+def test_isoflop_curves_name_up_to_8_budgets_then_use_a_colour_bar(
+    tmp_path, monkeypatch, n_budgets):
+  """Beyond 8 budgets (a table that is not an IsoFLOP design: 6ND budgets)
+  a legend would run off the figure (57 entries for the data-constrained
+  reference data): a colour bar of log C instead."""
+  drawn = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path, rect=None: (
+      drawn.append(fig), path)[1])
+  budgets = np.geomspace(1e18, 1e21, n_budgets)
+  n = np.array([c ** 0.5 * f for c in budgets for f in (0.1, 0.3, 1.0)])
+  c = np.repeat(budgets, 3)
+  table = {"params": n, "tokens": c / (6 * n), "budget": c,
+           "loss": 2 + 300 / n ** 0.3 + 300 / (c / (6 * n)) ** 0.3}
+  assert plots.isoflop_curves(table, {"fits": {}}, None, "x.png") == "x.png"
+  (fig,) = drawn
+  if n_budgets <= 8:
+    assert len(fig.axes) == 1
+    assert len(fig.axes[0].get_legend().get_texts()) == n_budgets
+  else:
+    panel, bar = fig.axes
+    assert panel.get_legend() is None
+    assert bar.get_ylabel() == f"C ({n_budgets} budgets)"

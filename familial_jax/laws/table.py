@@ -150,6 +150,12 @@ def load_csv(path: str) -> Table:
   if not rows:
     raise ValueError(f"{path}: no data rows (is the header the only line?).")
   columns: dict[str, list] = {k: [] for k in rows[0] if k is not None}
+  missing = [c for c in REQUIRED if c not in columns]
+  if missing:  # named against the file's header, not the columns kept
+    raise ValueError(
+        f"{path}: no column(s) {missing}; its columns are {list(columns)}. "
+        f"Required: {list(REQUIRED)}; optional: "
+        f"{[c for c in COLUMNS if c not in REQUIRED]}; others are ignored.")
   for i, row in enumerate(rows):
     if None in row or any(row.get(k) is None for k in columns):
       raise ValueError(f"{path}: row {i + 2} has a different number of fields "
