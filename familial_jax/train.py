@@ -505,7 +505,10 @@ class Preemption:
 
 
 def _restore_latest_good(manager, trainer: Trainer, iterator, log):
-  """Restores the newest readable checkpoint, or returns None if there is none.
+  """Restores the newest readable checkpoint: (state, logs), where logs are
+  the saved {"train": [...], "eval": [...]} histories up to its step (None
+  for a checkpoint written before they were saved); (None, None) if there is
+  no checkpoint.
 
   A checkpoint that fails to restore (a truncated file, missing metadata) is
   reported, moved aside to `<step>.corrupt` and the previous one is tried.
@@ -515,13 +518,15 @@ def _restore_latest_good(manager, trainer: Trainer, iterator, log):
       jax.eval_shape(trainer.init, jax.random.PRNGKey(0)),
       trainer.state_sharding)
   for step in sorted(manager.all_steps(), reverse=True):
+    path = os.path.join(str(manager.directory), str(step))
+    items = dict(state=ocp.args.StandardRestore(abstract),
+                 data=ocp.args.JsonRestore())
+    if os.path.isdir(os.path.join(path, "history")):  # older ones lack it
+      items["history"] = ocp.args.JsonRestore()
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract),
-          data=ocp.args.JsonRestore()))
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
       iterator.set_state(restored["data"])
     except Exception as e:  # pylint: disable=broad-except
-      path = os.path.join(str(manager.directory), str(step))
       warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: "
                     f"{str(e)[:200]}); falling back to the previous one")
       log(f"WARNING: checkpoint at step {step} is unreadable; trying the "
@@ -531,8 +536,11 @@ def _restore_latest_good(manager, trainer: Trainer, iterator, log):
       manager.reload()
       continue
     log(f"resumed from step {step}")
-    return restored["state"]
-  return None
+    if "history" not in items:
+      log(f"this checkpoint has no loss history: the record's histories "
+          f"start after step {step}")
+    return restored["state"], restored.get("history")
+  return None, None
 
 
 # Fields in which the members of one `run_group` may differ: the length and
@@ -645,9 +653,14 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
       os.path.abspath(os.path.join(workdir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=base.keep_checkpoints))
   iterator = iter(dataset)
-  state = _restore_latest_good(manager, trainer, iterator, log)
+  state, logs = _restore_latest_good(manager, trainer, iterator, log)
   if state is None:
     state = trainer.init(jax.random.PRNGKey(base.seed))
+  # The logged losses so far, saved with each checkpoint, so that a resumed
+  # run's record holds its whole history (steps redone after the checkpoint
+  # are logged again, with the same numbers).
+  history, evals = ((logs["train"], logs["eval"]) if logs else
+                    ([[] for _ in cfgs], [[] for _ in cfgs]))
   data_state = iterator.get_state()
   jax.block_until_ready(state)
   timing.lap("setup")
@@ -655,7 +668,9 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
   def save(step):
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state)), force=True)
+        data=ocp.args.JsonSave(data_state),
+        history=ocp.args.JsonSave({"train": history, "eval": evals})),
+                 force=True)
     faults.reach("checkpoint")
     manager.wait_until_finished()
     timing.lap("checkpoint")
@@ -667,7 +682,6 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
   total = max(c.steps for c in cfgs)
   every = [c.checkpoint_every for c in cfgs if c.checkpoint_every]
   checkpoint_every = min(every) if every else 0
-  history, evals = [[] for _ in cfgs], [[] for _ in cfgs]
   step = int(np.max(jax.device_get(state.step)))
   t_loop, first_step = time.time(), step
   batches = _Prefetcher(iterator, mesh)

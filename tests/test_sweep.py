@@ -236,8 +236,9 @@ def test_two_hosts_agree_on_a_notice_one_of_them_got(tmp_path):
   np.testing.assert_allclose(got["exit_losses"], want["exit_losses"],
                              rtol=1e-5, atol=1e-5)
   steps = {h["step"]: h["exit_losses"] for h in want["train_history"]}
-  assert [h["step"] for h in got["train_history"]] == [6, 8, 10]
-  for h in got["train_history"]:  # the sitting after the stop
+  # The whole history, both sittings (the first's saved with checkpoint 4).
+  assert [h["step"] for h in got["train_history"]] == [2, 4, 6, 8, 10]
+  for h in got["train_history"]:
     np.testing.assert_allclose(h["exit_losses"], steps[h["step"]], rtol=1e-5,
                                atol=1e-5)
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 
 import jax
 import numpy as np
@@ -53,7 +54,7 @@ def test_sharded_training_equals_one_device(tmp_path):
 
 
 def test_exact_resume_is_bitwise(tmp_path):
-  cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=0)
+  cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=0, eval_every=2)
   full = train.run(cfg, str(tmp_path / "full"), **quiet)
   stopped = train.run(cfg, str(tmp_path / "resumed"), stop_after=3, **quiet)
   assert stopped == {"stopped_at": 3, "preempted": False}
@@ -61,9 +62,12 @@ def test_exact_resume_is_bitwise(tmp_path):
   resumed = train.run(cfg, str(tmp_path / "resumed"), log=logs.append)
   assert "resumed from step 3" in logs
   np.testing.assert_array_equal(resumed["exit_losses"], full["exit_losses"])
-  np.testing.assert_array_equal(
-      [h["exit_losses"] for h in resumed["train_history"]],
-      [h["exit_losses"] for h in full["train_history"][3:]])
+  # The whole loss history, the steps before the stop included (saved with
+  # the checkpoint; before, a resumed record began after the stop).
+  assert resumed["train_history"] == full["train_history"]
+  assert [h["step"] for h in full["train_history"]] == list(range(1, 7))
+  assert [h["step"] for h in full["eval_history"]] == [2, 4]
+  assert resumed["eval_history"] == full["eval_history"]
   # Parameters: restore both final checkpoints and compare bitwise.
   import orbax.checkpoint as ocp
   trees = []
@@ -304,6 +308,24 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
   assert steps and 5 <= max(steps) < 400
 
 
+def test_checkpoint_without_a_history_still_resumes(tmp_path):
+  """A checkpoint written before loss histories were saved with it (here:
+  its history item removed) resumes bitwise as before, and says that the
+  record's history starts after its step."""
+  cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=0)
+  full = train.run(cfg, str(tmp_path / "full"), **quiet)
+  train.run(cfg, str(tmp_path / "old"), stop_after=3, **quiet)
+  item = tmp_path / "old" / "checkpoints" / "3" / "history"
+  assert item.is_dir()
+  shutil.rmtree(item)
+  logs = []
+  resumed = train.run(cfg, str(tmp_path / "old"), log=logs.append)
+  assert "this checkpoint has no loss history: the record's histories start " \
+         "after step 3" in logs
+  np.testing.assert_array_equal(resumed["exit_losses"], full["exit_losses"])
+  assert resumed["train_history"] == full["train_history"][3:]
+
+
 def test_group_training_equals_separate_runs(tmp_path):
   """Three runs of one shape and different lengths in one vmapped program
   give each run's own losses; a stop and resume of the group changes
@@ -319,10 +341,14 @@ def test_group_training_equals_separate_runs(tmp_path):
   assert len(group) == 3
   for a, g in zip(alone, group):
     assert g["steps"] == a["steps"] and g["D"] == a["D"] and g["C"] == a["C"]
-    # History before the resume point was logged by the stopped run.
-    tail = [h for h in a["train_history"] if h["step"] > 4]
+    # The whole history: before the stop (saved with the checkpoint) and
+    # after the resume.
+    assert ([h["step"] for h in g["train_history"]] ==
+            [h["step"] for h in a["train_history"]] ==
+            list(range(1, a["steps"] + 1)))
     np.testing.assert_allclose([h["exit_losses"] for h in g["train_history"]],
-                               [h["exit_losses"] for h in tail], rtol=2e-5)
+                               [h["exit_losses"] for h in a["train_history"]],
+                               rtol=2e-5)
     np.testing.assert_allclose(g["exit_losses"], a["exit_losses"], rtol=2e-5)
   with pytest.raises(ValueError, match="differs from member 0 in .'seed'"):
     train.run_group([SMALL, dataclasses.replace(SMALL, seed=1)],
