@@ -7,7 +7,7 @@ Prints progress (step, loss per exit, tokens/s, ETA), checkpoints with orbax
 (rerunning the same command resumes; compiled programs are cached in
 workdir/jax_cache or JAX_COMPILATION_CACHE_DIR), and writes workdir/result.json with
 every exit's validation loss, N, N_g, D, C, G, seed, versions and the corpus
-hash. Multi-host (TPU pods, clusters): add --distributed on every host.
+hash, and workdir/curves.png (each exit's loss against step). Multi-host (TPU pods, clusters): add --distributed on every host.
 """
 
 import json
@@ -17,8 +17,10 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
+from familial_jax import plots
 from familial_jax import sharding
 from familial_jax import train
 from familial_jax.config import TrainConfig, config_flags_parser
@@ -55,8 +57,12 @@ def main(argv):
   if "exit_losses" in record:
     print("validation loss per exit:",
           json.dumps([round(x, 4) for x in record["exit_losses"]]))
+    curves = plots.training_curves(
+        record, os.path.join(_WORKDIR.value, "curves.png")) if (
+            jax.process_index() == 0) else None
     print(f"N={record['N']:,} D={record['D']:,} C={record['C']:.3e} "
-          f"G={record['G']}  wrote {os.path.join(_WORKDIR.value, 'result.json')}")
+          f"G={record['G']}  wrote {os.path.join(_WORKDIR.value, 'result.json')}"
+          + (f" and {curves}" if curves else ""))
 
 
 if __name__ == "__main__":

@@ -362,6 +362,34 @@ def granularity_cost(curves: dict, path):
   return _save(fig, path)
 
 
+def training_curves(record: dict, path):
+  """One training run's loss against step: each exit's training loss
+  (`train_history`, the logged steps), its validation loss during training
+  (`eval_history`, markers) and at the end (`exit_losses`, a marker at the
+  last step). None for a record without a logged history."""
+  history = record.get("train_history") or []
+  if not history:
+    return None
+  steps = [h["step"] for h in history]
+  train = np.array([h["exit_losses"] for h in history])  # [logged, G]
+  colors = _colors(train.shape[1])
+  fig, ax = plt.subplots(figsize=(5.2, 3.6))
+  for g, color in enumerate(colors):
+    ax.plot(steps, train[:, g], "-", color=color, lw=1,
+            label=f"exit {g + 1}, train")
+    evals = [(h["step"], h["exit_losses"][g])
+             for h in record.get("eval_history") or []]
+    evals.append((record["steps"], record["exit_losses"][g]))
+    ax.plot(*zip(*evals), "o", color=color, mfc="none",
+            label=f"exit {g + 1}, validation")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (nats/token)")
+  ax.set_title(f"G = {record['G']}, N = {record['N']:,}, "
+               f"D = {record['D']:,}", fontsize=9)
+  ax.legend(fontsize=6, ncol=2)
+  return _save(fig, path)
+
+
 def draw_all(table, report, directory) -> dict[str, str]:
   """Every figure that the table and report allow into `directory`.
 
