@@ -104,8 +104,9 @@ def run(workdir, output):
                   _WINDOW.value)
   data = train.load_data(cfg.data)
   length = _PROMPT_LEN.value + _NEW.value
+  # The first held-out windows, as the committed relay results used.
   windows = pipeline.validation_windows(data.validation, length,
-                                        _PROMPTS.value)
+                                        _PROMPTS.value, "first")
   if len(windows) < _PROMPTS.value:
     raise ValueError(f"the validation split holds only {len(windows)} windows "
                      f"of {length + 1} tokens; ask for fewer prompts.")

@@ -230,6 +230,7 @@ class ModelConfig:
 
 
 DATA_SOURCES = ("default", "files", "tfds")
+EVAL_SAMPLES = ("spread", "first")  # validation windows: data.validation_windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +245,11 @@ class DataConfig:
     tfds_data_dir: TFDS data_dir (local or gs://).
     text_key: TFDS feature holding the text.
     val_fraction: fraction of documents held out for validation.
+    eval_sample: which `eval_windows` windows of the held-out stream are the
+      validation set: "spread" (evenly over all of it) or "first" (its first
+      windows: narrow, one or two documents for small sets; what every config
+      written before this field existed used, so a config dict without it
+      reads as "first", see `DataConfig.from_dict`).
   """
 
   source: str = "default"
@@ -253,6 +259,13 @@ class DataConfig:
   tfds_data_dir: str | None = None
   text_key: str = "text"
   val_fraction: float = 0.02
+  eval_sample: str = "spread"
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "DataConfig":
+    """From a dict such as a saved config's; one that has no `eval_sample`
+    was written before the field existed and measured the first windows."""
+    return cls(**{"eval_sample": "first", **d})
 
   def __post_init__(self):
     if self.source not in DATA_SOURCES:
@@ -267,6 +280,9 @@ class DataConfig:
     if not 0 < self.val_fraction < 1:
       raise ValueError(f"DataConfig.val_fraction must be in (0, 1), got "
                        f"{self.val_fraction}.")
+    if self.eval_sample not in EVAL_SAMPLES:
+      raise ValueError(f"DataConfig.eval_sample={self.eval_sample!r} is not "
+                       f"one of {EVAL_SAMPLES}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,7 +405,8 @@ class TrainConfig:
     model = ModelConfig(**model)
     if granularity:
       model = model.with_uniform_exits(granularity)
-    return cls(model=model, data=DataConfig(**d.pop("data", {})), **d)
+    return cls(model=model, data=DataConfig.from_dict(d.pop("data", {})),
+               **d)
 
 
 def config_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:

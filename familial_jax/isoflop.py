@@ -186,7 +186,7 @@ def sweep_from_dict(d: dict) -> SweepConfig:
   _check_names("ladder", ladder, flops.ShapeLadder)
   _check_names("data", data, DataConfig)
   return SweepConfig(
-      ladder=flops.ShapeLadder(**ladder), data=DataConfig(**data),
+      ladder=flops.ShapeLadder(**ladder), data=DataConfig.from_dict(data),
       **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 

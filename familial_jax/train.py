@@ -352,10 +352,17 @@ _CADENCE = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 def _check_workdir(workdir: str, cfgs: Sequence[TrainConfig]) -> None:
   """Refuses a workdir that holds a run of another config (or group)."""
   path = os.path.join(workdir, "config.json")
-  # A run started before a field existed ran with that field's default.
+  # A run started before a field existed ran with that field's default (the
+  # one `TrainConfig.from_dict` gives a dict without it, nested ones too).
   defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-  strip = lambda d: {k: v for k, v in {**defaults, **d}.items()
-                     if k not in _CADENCE}
+
+  def strip(d):
+    try:
+      d = json.loads(json.dumps(TrainConfig.from_dict(d).to_dict()))
+    except (TypeError, ValueError):  # not a config of this version: compared
+      d = {**defaults, **d}
+    return {k: v for k, v in d.items() if k not in _CADENCE}
+
   dicts = [strip(c.to_dict()) for c in cfgs]
   mine = json.loads(json.dumps(dicts[0] if len(dicts) == 1 else
                                {"group": dicts}))
@@ -640,7 +647,7 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
         f"byte tokenizer's {tokenizer.vocab_size}.")
   data = load_data(base.data)
   val = data_lib.validation_windows(data.validation, base.seq_len,
-                                    base.eval_windows)
+                                    base.eval_windows, base.data.eval_sample)
   dataset = data_lib.train_dataset(data.train, base.seq_len, base.batch_size,
                                    base.seed, jax.process_index(),
                                    jax.process_count())

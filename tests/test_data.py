@@ -141,3 +141,35 @@ def test_training_iterator_reads_in_the_callers_thread():
   for _ in range(50):
     next(it)
   assert threading.active_count() == before
+
+
+def test_validation_windows_spread_over_the_held_out_stream():
+  """'spread' takes window i * n // k of the n windows, 'first' the first k;
+  on the default corpus the first 128 windows of 64 bytes (cpu_large's
+  validation set) lie in 2 of the held-out documents and are far easier text
+  (bigram entropy 1.88 nats) than the stream, which 'spread' matches."""
+  stream = np.arange(1001)  # 1000 // 10 = 100 windows
+  spread = pipeline.validation_windows(stream, 10, 8)
+  np.testing.assert_array_equal(spread[:, 0],
+                                [i * 100 // 8 * 10 for i in range(8)])
+  np.testing.assert_array_equal(spread[3], np.arange(370, 381))
+  first = pipeline.validation_windows(stream, 10, 8, "first")
+  np.testing.assert_array_equal(first[:, 0], np.arange(0, 80, 10))
+  assert len(pipeline.validation_windows(stream, 10, 500)) == 100
+  with pytest.raises(ValueError, match="sample must be one of"):
+    pipeline.validation_windows(stream, 10, 8, "last")
+  _, val = data.token_streams(data.default_corpus(), 0.02)
+  text = lambda w: w[:, :-1].reshape(-1)
+  first = pipeline.validation_windows(val, 64, 128, "first")
+  spread = pipeline.validation_windows(val, 64, 128)
+  # The held-out document each window starts in.
+  ends = np.flatnonzero(val == pipeline.EOD)
+  n = (len(val) - 1) // 64
+  docs = lambda ids: len(np.unique(np.searchsorted(ends, ids * 64)))
+  assert docs(np.arange(128)) == 2 and (text(first) == pipeline.EOD).sum() == 1
+  assert docs(np.arange(128) * n // 128) == 54 and len(ends) == 84  # by bytes
+  whole = data.bigram_entropy(val)
+  print("bigram entropy: first", data.bigram_entropy(text(first)), "spread",
+        data.bigram_entropy(text(spread)), "stream", whole)
+  assert data.bigram_entropy(text(first)) < 2.0 < whole
+  assert abs(data.bigram_entropy(text(spread)) - whole) < 0.25

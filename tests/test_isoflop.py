@@ -1,6 +1,7 @@
 """IsoFLOP planning and the results store."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 
@@ -223,3 +224,40 @@ def test_preset_starts_from_every_field_and_rejects_unknown_ones():
   # The same check where any preset (a plain ConfigDict too) is read.
   with pytest.raises(ValueError, match=r"unknown data field\(s\) \['src'\]"):
     isoflop.sweep_from_dict({"data": {"src": "default"}})
+
+
+def test_validation_set_of_old_configs_stays_the_first_windows():
+  """New configs validate on windows spread over the held-out stream; a
+  config written before `eval_sample` existed (a committed plan.json, a run's
+  config.json) reads as the first windows it used, and the presets of the
+  committed CPU sweeps keep them, so that their reruns still match."""
+  from familial_jax.config import DataConfig, TrainConfig
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def config(name):
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(repo, "experiments", "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+  assert DataConfig().eval_sample == "spread"
+  assert TrainConfig().data.eval_sample == "spread"
+  assert DataConfig.from_dict({}).eval_sample == "first"
+  assert TrainConfig.from_dict({"data": {}}).data.eval_sample == "first"
+  assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+  with open(os.path.join(repo, "experiments", "results", "tiny_cpu",
+                         "plan.json")) as f:
+    plan = json.load(f)
+  assert "eval_sample" not in plan["sweep"]["data"]
+  committed = isoflop.sweep_from_dict(plan["sweep"])
+  assert committed.data.eval_sample == "first"
+  preset = isoflop.sweep_from_dict(
+      {k: v for k, v in config("tiny_cpu").to_dict().items()
+       if k != "n_boot"})
+  assert preset.data == committed.data
+  for name, sample in (("cpu_large", "first"), ("gpu_h100", "spread"),
+                       ("tpu_paper", "spread")):
+    assert config(name).to_dict()["data"]["eval_sample"] == sample, name
+  assert config("train_tiny").data.eval_sample == "spread"
+  with pytest.raises(ValueError, match="eval_sample='last' is not one of"):
+    DataConfig(eval_sample="last")

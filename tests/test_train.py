@@ -309,15 +309,26 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path):
 
 
 def test_checkpoint_without_a_history_still_resumes(tmp_path):
-  """A checkpoint written before loss histories were saved with it (here:
-  its history item removed) resumes bitwise as before, and says that the
-  record's history starts after its step."""
-  cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=0)
+  """A run of an older version (here: its checkpoint's history item and its
+  config's eval_sample removed) resumes bitwise: the checkpoint without a
+  history says that the record's history starts after its step, and the
+  config without eval_sample is the first windows it used (another
+  validation set is refused)."""
+  cfg = dataclasses.replace(SMALL, steps=6, checkpoint_every=0,
+                            data=dataclasses.replace(SMALL.data,
+                                                     eval_sample="first"))
   full = train.run(cfg, str(tmp_path / "full"), **quiet)
   train.run(cfg, str(tmp_path / "old"), stop_after=3, **quiet)
   item = tmp_path / "old" / "checkpoints" / "3" / "history"
   assert item.is_dir()
   shutil.rmtree(item)
+  saved = json.loads((tmp_path / "old" / "config.json").read_text())
+  del saved["data"]["eval_sample"]
+  (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=r"another config \(differs in "
+                     r"\['data'\]\)"):
+    train.run(dataclasses.replace(cfg, data=SMALL.data),
+              str(tmp_path / "old"), **quiet)
   logs = []
   resumed = train.run(cfg, str(tmp_path / "old"), log=logs.append)
   assert "this checkpoint has no loss history: the record's histories start " \

@@ -20,7 +20,7 @@ def get_config():
       source="default", path=ml_collections.FieldReference(None, str),
       tfds_name=ml_collections.FieldReference(None, str), tfds_split="train",
       tfds_data_dir=ml_collections.FieldReference(None, str), text_key="text",
-      val_fraction=0.02))
+      val_fraction=0.02, eval_sample="spread"))
   c.seq_len = 128
   c.batch_size = 16
   c.steps = 200

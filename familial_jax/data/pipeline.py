@@ -15,8 +15,11 @@
   shuffling and batching window by window in grain); its iterator state is a
   small dict saved with every checkpoint, so a resumed run sees the same
   batches.
-- Validation: the first `eval_windows` windows of the validation stream, a
-  fixed held-out token set.
+- Validation: a fixed held-out token set of `eval_windows` windows of the
+  validation stream, spread evenly over it ("spread": window i*n//k of n, so
+  every part of the held-out text counts) or its first ones ("first": what
+  configs written before the choice existed used; the first windows can be
+  one or two documents, unlike the rest).
 - Multi-host: process p of P takes the p-th contiguous block of rows of every
   global batch (the rows its devices hold in the batch sharding).
 """
@@ -29,6 +32,7 @@ import hashlib
 import grain
 import numpy as np
 
+from familial_jax.config import EVAL_SAMPLES
 from familial_jax.data.sources import Corpus
 
 EOD = 0
@@ -144,13 +148,20 @@ def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
       READ_OPTIONS)
 
 
-def validation_windows(stream: np.ndarray, seq_len: int,
-                       eval_windows: int) -> np.ndarray:
-  """The fixed held-out set: the first `eval_windows` windows, [n, T + 1]."""
+def validation_windows(stream: np.ndarray, seq_len: int, eval_windows: int,
+                       sample: str = "spread") -> np.ndarray:
+  """The fixed held-out set, [k, T + 1]: k = min(eval_windows, n) of the
+  stream's n windows, window i * n // k for i < k ("spread") or the first k
+  ("first")."""
+  if sample not in EVAL_SAMPLES:
+    raise ValueError(f"sample must be one of {EVAL_SAMPLES}, got {sample!r}.")
   windows = Windows(stream, seq_len)
-  if len(windows) < 1:
+  n = len(windows)
+  if n < 1:
     raise ValueError("the validation stream is shorter than one window.")
-  return windows.gather(np.arange(min(eval_windows, len(windows))))
+  k = min(eval_windows, n)
+  ids = np.arange(k) * n // k if sample == "spread" else np.arange(k)
+  return windows.gather(ids)
 
 
 def unigram_entropy(stream: np.ndarray, vocab_size: int = 256) -> float:
