@@ -141,3 +141,27 @@ def test_isoflop_curves_name_up_to_8_budgets_then_use_a_colour_bar(
     panel, bar = fig.axes
     assert panel.get_legend() is None
     assert bar.get_ylabel() == f"C ({n_budgets} budgets)"
+
+
+def test_training_curves_draw_each_exits_logged_losses(monkeypatch):
+  """experiments/train.py's curves.png: per exit, the logged training losses
+  as a line and the validation losses (during training and final) as
+  markers; nothing for a record without a history."""
+  drawn = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path, rect=None: (
+      drawn.append(fig), path)[1])
+  record = {"G": 2, "N": 1000, "D": 5000, "steps": 30,
+            "train_history": [{"step": s, "loss": 3.0 - s / 100,
+                               "exit_losses": [3.1 - s / 100, 2.9 - s / 100]}
+                              for s in (10, 20, 30)],
+            "eval_history": [{"step": 20, "exit_losses": [2.95, 2.85]}],
+            "exit_losses": [2.8, 2.7]}
+  assert plots.training_curves(record, "c.png") == "c.png"
+  lines = {l.get_label(): l for l in drawn[0].axes[0].get_lines()}
+  np.testing.assert_allclose(lines["exit 2, train"].get_ydata(),
+                             [2.8, 2.7, 2.6])
+  np.testing.assert_array_equal(lines["exit 1, validation"].get_xdata(),
+                                [20, 30])
+  np.testing.assert_allclose(lines["exit 1, validation"].get_ydata(),
+                             [2.95, 2.8])
+  assert plots.training_curves(dict(record, train_history=[]), "c.png") is None
