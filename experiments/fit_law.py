@@ -407,10 +407,7 @@ def main(argv):
     path = plots.granularity_cost(_cost_curves(report), _COST_FIGURE.value)
     print(f"wrote {path}")
   if _REPORT_DIR.value:
-    figures = plots.draw_all(table, report,
-                             os.path.join(_REPORT_DIR.value, "figures"))
-    atomic_write(os.path.join(_REPORT_DIR.value, "report.md"),
-                 report_lib.markdown(report, figures, _REPORT_DIR.value))
+    figures = plots.write_report(table, report, _REPORT_DIR.value)
     print(f"wrote report.md and {len(figures)} figures ({', '.join(figures)})"
           f" under {_REPORT_DIR.value}")
   if "best_of" in report:

@@ -7,7 +7,8 @@ Prints progress (step, loss per exit, tokens/s, ETA), checkpoints with orbax
 (rerunning the same command resumes; compiled programs are cached in
 workdir/jax_cache or JAX_COMPILATION_CACHE_DIR), and writes workdir/result.json with
 every exit's validation loss, N, N_g, D, C, G, seed, versions and the corpus
-hash, and workdir/curves.png (each exit's loss against step). Multi-host (TPU pods, clusters): add --distributed on every host.
+hash, and workdir/curves.png (each exit's loss against step). Multi-host (TPU
+pods, clusters): add --distributed on every host.
 """
 
 import json
@@ -57,12 +58,12 @@ def main(argv):
   if "exit_losses" in record:
     print("validation loss per exit:",
           json.dumps([round(x, 4) for x in record["exit_losses"]]))
-    curves = plots.training_curves(
-        record, os.path.join(_WORKDIR.value, "curves.png")) if (
-            jax.process_index() == 0) else None
+    wrote = [os.path.join(_WORKDIR.value, "result.json")]
+    if jax.process_index() == 0:  # the process that wrote result.json
+      wrote.append(plots.training_curves(
+          record, os.path.join(_WORKDIR.value, "curves.png")))
     print(f"N={record['N']:,} D={record['D']:,} C={record['C']:.3e} "
-          f"G={record['G']}  wrote {os.path.join(_WORKDIR.value, 'result.json')}"
-          + (f" and {curves}" if curves else ""))
+          f"G={record['G']}  wrote " + " and ".join(filter(None, wrote)))
 
 
 if __name__ == "__main__":

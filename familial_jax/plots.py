@@ -21,6 +21,7 @@ from familial_jax.laws import analysis as analysis_lib  # noqa: E402
 from familial_jax.laws import forms as forms_lib  # noqa: E402
 from familial_jax.laws import report as report_lib  # noqa: E402
 from familial_jax.laws import table as table_lib  # noqa: E402
+from familial_jax.results import atomic_write  # noqa: E402
 
 
 def _predict(report, form, n, d, g):
@@ -388,6 +389,15 @@ def training_curves(record: dict, path):
                f"D = {record['D']:,}", fontsize=9)
   ax.legend(fontsize=6, ncol=2)
   return _save(fig, path)
+
+
+def write_report(table, report, directory) -> dict[str, str]:
+  """`draw_all` into directory/figures and report.md (`laws.report.markdown`)
+  into directory, as a sweep's workdir has them; returns the figures."""
+  figures = draw_all(table, report, os.path.join(directory, "figures"))
+  atomic_write(os.path.join(directory, "report.md"),
+               report_lib.markdown(report, figures, directory))
+  return figures
 
 
 def draw_all(table, report, directory) -> dict[str, str]:

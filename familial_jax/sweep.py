@@ -237,8 +237,6 @@ def fit_and_draw(sweep: isoflop.SweepConfig, workdir: str, *,
   atomic_write(os.path.join(workdir, "fits.json"),
                json.dumps(report, indent=1, default=float))
   log(report_lib.format_report(report))
-  figures = plots.draw_all(table, report, os.path.join(workdir, "figures"))
-  atomic_write(os.path.join(workdir, "report.md"),
-               report_lib.markdown(report, figures, workdir))
+  figures = plots.write_report(table, report, workdir)
   log(f"wrote {len(figures)} figures and report.md under {workdir}")
   return report

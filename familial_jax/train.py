@@ -354,13 +354,12 @@ def _check_workdir(workdir: str, cfgs: Sequence[TrainConfig]) -> None:
   path = os.path.join(workdir, "config.json")
   # A run started before a field existed ran with that field's default (the
   # one `TrainConfig.from_dict` gives a dict without it, nested ones too).
-  defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-
   def strip(d):
     try:
-      d = json.loads(json.dumps(TrainConfig.from_dict(d).to_dict()))
+      d = TrainConfig.from_dict(d).to_dict()
     except (TypeError, ValueError):  # not a config of this version: compared
-      d = {**defaults, **d}
+      d = {**TrainConfig().to_dict(), **d}  # as it is
+    d = json.loads(json.dumps(d))
     return {k: v for k, v in d.items() if k not in _CADENCE}
 
   dicts = [strip(c.to_dict()) for c in cfgs]

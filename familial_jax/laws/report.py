@@ -759,8 +759,7 @@ def claims(report: dict, table, ladder) -> list[dict]:
   fits = report["fits"]
   form = law_for_analysis(report)
   models = _models(table)
-  partners = {k: _dense_partner(models, k) for k in models if k[2] > 1}
-  dense = {k: v for k, v in partners.items() if v is not None}
+  dense = {k: partner for k, _, partner in _pairs(models)}
   by_budget = _granularity_ratios(models)
   deepest = {k: models[k][max(models[k])] for k in dense}
   gs = sorted({k[2] for k in models if k[2] > 1})
