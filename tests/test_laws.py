@@ -2332,3 +2332,106 @@ def test_efficiency_leverage_trend_needs_the_data_to_agree():
   observed = [float(x) for x in claim["observed"].split("G = 2: ")[1].split(
       ", ")]
   assert observed[1] > 1.8 * observed[0]  # half the loss: about twice the EL
+
+
+_SPREAD = os.path.join(_LR, "spread_validation")
+
+
+def test_committed_spread_validation_gives_the_readme_numbers():
+  """lr1.2e-2/spread_validation/: the same 104 models as lr1.2e-2's four
+  lower budgets (identical training logs), measured on 128 spread windows
+  and on all held-out windows; its README quotes the gap between the
+  validation sets, the three fits, the cost of granularity and the
+  verdicts."""
+  local = _flat_text(_SPREAD, "README.md")
+  readme = _flat_text(REPO, "README.md")
+  names = sorted(os.listdir(os.path.join(_SPREAD, "records")))
+  assert len(names) == 104
+  gap_first, gap_spread, tokens = [], [], []
+  for name in names:
+    records = {}
+    for key, path in (("spread", (_SPREAD, "records")),
+                      ("all", (_SPREAD, "all_windows", "records")),
+                      ("first", (_LR, "records"))):
+      with open(os.path.join(*path, name)) as f:
+        records[key] = json.load(f)
+    spread, everything, first = (records[k] for k in ("spread", "all", "first"))
+    assert spread["train_history"] == first["train_history"]
+    assert spread["config"]["data"]["eval_sample"] == "spread"
+    assert everything["reevaluated"]["from"]["exit_losses"] == spread[
+        "exit_losses"]
+    assert everything["reevaluated"]["windows"] == 6051
+    for r in records.values():
+      assert all(k in r for k in ("exit_losses", "N", "N_g", "D", "C", "G",
+                                  "seed", "versions", "corpus"))
+    gap_first.append(first["family_loss"] / everything["family_loss"] - 1)
+    gap_spread.append(spread["family_loss"] / everything["family_loss"] - 1)
+    tokens.append(everything["D"])
+  gap_first, gap_spread = np.array(gap_first), np.array(gap_spread)
+  assert (f"{-100 * gap_first.max():.1f}% to {-100 * gap_first.min():.1f}% "
+          f"lower (mean {-100 * gap_first.mean():.1f}%)") in local
+  assert (f"correlation {np.corrcoef(gap_first, np.log(tokens))[0, 1]:.2f} "
+          "with log D") in local
+  assert (f"within {100 * gap_spread.min():.1f}% to +"
+          f"{100 * gap_spread.max():.1f}% of all windows (mean "
+          f"+{100 * gap_spread.mean():.2f}%)") in local
+  fits = {}
+  for key, path in (("first", ("first_windows_fits.json",)),
+                    ("spread", ("fits.json",)),
+                    ("all", ("all_windows", "fits.json"))):
+    with open(os.path.join(_SPREAD, *path)) as f:
+      fits[key] = json.load(f)
+  for key, fit in fits.items():
+    mult = fit["fits"]["multiplicative"]
+    assert mult["bootstrap"]["resample"] == "point"
+    lo, hi = mult["bootstrap"]["intervals"]["E"]
+    held = [fit["fits"][f]["heldout_rmse_log"]
+            for f in ("chinchilla", "multiplicative", "reducible")]
+    row = (f"{mult['params']['E']:.2f} [{lo:.2f}, {hi:.2f}] | "
+           + " | ".join(_interval(mult, k, 3) for k in ("alpha", "beta"))
+           + f" | {_interval(mult, 'gamma')} | "
+           + " / ".join(f"{h:.4f}" for h in held) + " | chinchilla")
+    assert row in local, key
+    assert fit["selected_form"] == "chinchilla"
+  assert fits["first"]["selection_tied"] == ["chinchilla", "multiplicative"]
+  assert fits["spread"]["selection_tied"] == fits["all"]["selection_tied"] == [
+      "chinchilla"]
+  assert fits["all"]["fits"]["multiplicative"]["params"]["beta"] < fits[
+      "first"]["fits"]["multiplicative"]["bootstrap"]["intervals"]["beta"][0]
+  verdicts = {k: [c["verdict"].split(":")[0].split(" (")[0]
+                  for c in fit["claims"]] for k, fit in fits.items()}
+  assert verdicts["first"] == verdicts["spread"] == ["holds"] * 3
+  assert verdicts["all"] == [
+      "holds", "EL > 1 holds; whether it is largest at low compute is "
+      "undecided", "holds"]
+  for key in ("first", "all"):
+    observed = fits[key]["claims"][0]["observed"]
+    ratios = [observed.split(f"G = {g}: family/dense loss ")[1][:5]
+              for g in (2, 4, 8)]
+    assert " / ".join(ratios) in local, key
+  # The main README's summary of it.
+  mult = {k: fits[k]["fits"]["multiplicative"] for k in ("first", "all")}
+  assert (f"the data exponent beta falls from {_interval(mult['first'], 'beta', 3)}"
+          f" to {_interval(mult['all'], 'beta', 3)}") in readme
+  assert (f"gamma does not move ({mult['first']['params']['gamma']:.4f} to "
+          f"{mult['all']['params']['gamma']:.4f}") in readme
+  assert (f"{-100 * gap_first.max():.1f}% to {-100 * gap_first.min():.1f}% "
+          "low") in readme
+  assert f"within {100 * gap_spread.max():.1f}% of all windows" in readme
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["spread", "all", "first"])
+def test_fit_law_reproduces_the_committed_spread_validation_fits(tmp_path,
+                                                                 which):
+  """spread_validation/README.md's three fit_law commands reprint its three
+  fits (about a minute each on 2 cores)."""
+  args, want = {
+      "spread": ([f"--input={_SPREAD}"], ("fits.json",)),
+      "all": ([f"--input={os.path.join(_SPREAD, 'all_windows')}"],
+              ("all_windows", "fits.json")),
+      "first": ([f"--input={_LR}", "--budgets=4e10,1.2e11,3.6e11,7.2e11"],
+                ("first_windows_fits.json",))}[which]
+  got = _fit_law_json(tmp_path / "fits.json", *args, "--bootstrap=200")
+  with open(os.path.join(_SPREAD, *want)) as f:
+    _assert_reproduces(got, json.load(f))
