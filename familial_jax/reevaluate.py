@@ -37,7 +37,8 @@ def _loss_fn(model: FamilialLM):
 
 def evaluate_run(run_dir: str, *, eval_windows: int = 0,
                  eval_sample: str = "spread", batch_size: int = 256,
-                 require_final: bool = True) -> dict:
+                 require_final: bool = True, member: int | None = None
+                 ) -> dict:
   """Every exit's mean loss over held-out windows of a finished run.
 
   Args:
@@ -47,6 +48,8 @@ def evaluate_run(run_dir: str, *, eval_windows: int = 0,
     eval_sample: "spread" (window i * n // k of n) or "first".
     batch_size: windows per evaluation batch (the last one may be smaller).
     require_final: refuse a checkpoint from before the run's last step.
+    member: which run of a group (a sweep's vmapped runs of one shape,
+      runs/<id>+<id>...), in the order of its name.
 
   Returns:
     {"exit_losses", "windows", "eval_sample", "step"}: the mean over the
@@ -55,10 +58,10 @@ def evaluate_run(run_dir: str, *, eval_windows: int = 0,
   if eval_windows < 0 or batch_size < 1:
     raise ValueError(f"eval_windows must be >= 0 (0: all) and batch_size "
                      f">= 1, got {eval_windows} and {batch_size}.")
-  cfg, params, step = _load(run_dir)
-  if require_final and step != cfg.steps:
+  cfg, params, step, final = _load(run_dir, member)
+  if require_final and step != final:
     raise ValueError(f"{run_dir}: the latest checkpoint is step {step} of "
-                     f"{cfg.steps}; the run has not finished.")
+                     f"{final}; the run has not finished.")
   data = train.load_data(cfg.data)
   n = len(Windows(data.validation, cfg.seq_len))
   windows = data_lib.validation_windows(
@@ -73,13 +76,53 @@ def evaluate_run(run_dir: str, *, eval_windows: int = 0,
           "windows": len(windows), "eval_sample": eval_sample, "step": step}
 
 
-def _load(run_dir: str):
-  """Config, final parameters and step of a run (relay.load_family)."""
-  cfg, params = relay.load_family(run_dir)
+def _load(run_dir: str, member: int | None):
+  """Config, final parameters, latest step and last step of a run or of a
+  group's member."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  step = ocp.CheckpointManager(os.path.abspath(os.path.join(
-      run_dir, "checkpoints"))).latest_step()
-  return cfg, params, step
+  path = os.path.join(run_dir, "config.json")
+  saved = None
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+  if not isinstance(saved, dict) or "group" not in saved:
+    if member is not None:
+      raise ValueError(f"{run_dir} holds one run, not a group; member must "
+                       "be None.")
+    cfg, params = relay.load_family(run_dir)
+    step = ocp.CheckpointManager(os.path.abspath(os.path.join(
+        run_dir, "checkpoints"))).latest_step()
+    return cfg, params, step, cfg.steps
+  cfgs = [TrainConfig.from_dict(d) for d in saved["group"]]
+  if member is None or not 0 <= member < len(cfgs):
+    raise ValueError(f"{run_dir} holds a group of {len(cfgs)} runs; name "
+                     f"one with member=0..{len(cfgs) - 1}, got {member}.")
+  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(
+      run_dir, "checkpoints")))
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"{run_dir} has no checkpoint to load.")
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))
+  params = jax.tree.map(lambda x: np.asarray(x)[member],
+                        restored["state"]["params"])
+  relay.check_params(cfgs[member].model, params)
+  return cfgs[member], params, step, max(c.steps for c in cfgs)
+
+
+def _run_of(workdir: str, point_id: str) -> tuple[str, int | None] | None:
+  """Where a sweep trained a point: runs/<id>, or the group runs/<a>+<b>...
+  that holds it (and its place there); None when neither is on disk."""
+  runs = os.path.join(workdir, "runs")
+  if os.path.isdir(os.path.join(runs, point_id, "checkpoints")):
+    return os.path.join(runs, point_id), None
+  if os.path.isdir(runs):
+    for name in sorted(os.listdir(runs)):
+      ids = name.split("+")
+      if len(ids) > 1 and point_id in ids and os.path.isdir(
+          os.path.join(runs, name, "checkpoints")):
+        return os.path.join(runs, name), ids.index(point_id)
+  return None
 
 
 def reevaluate_sweep(workdir: str, output: str, *, eval_windows: int = 0,
@@ -89,7 +132,9 @@ def reevaluate_sweep(workdir: str, output: str, *, eval_windows: int = 0,
 
   Writes output/results/<point id>.json (the sweep's record with the new
   losses, and under "reevaluated" the windows, the sample and the losses it
-  had), output/results.csv and the sweep's plan.json. Points already
+  had), output/results.csv and the sweep's plan.json. A point trained in a
+  group (SweepConfig.group_size > 1) is read from its group's checkpoint.
+  Points already
   measured in output with the same windows are kept (rerunning resumes);
   a recorded point without its final checkpoint is an error that names it.
   """
@@ -97,8 +142,8 @@ def reevaluate_sweep(workdir: str, output: str, *, eval_windows: int = 0,
   records = store.records()
   if not records:
     raise ValueError(f"{workdir} has no recorded points (results/*.json).")
-  missing = [r["point_id"] for r in records if not os.path.isdir(
-      os.path.join(workdir, "runs", r["point_id"], "checkpoints"))]
+  where = {r["point_id"]: _run_of(workdir, r["point_id"]) for r in records}
+  missing = [pid for pid, w in where.items() if w is None]
   if missing:
     raise ValueError(
         f"{len(missing)} of {len(records)} recorded points have no checkpoint "
@@ -112,8 +157,9 @@ def reevaluate_sweep(workdir: str, output: str, *, eval_windows: int = 0,
         and done["reevaluated"].get("requested_windows") == eval_windows:
       continue
     t = time.time()
-    got = evaluate_run(os.path.join(workdir, "runs", pid),
-                       eval_windows=eval_windows, eval_sample=eval_sample)
+    run_dir, member = where[pid]
+    got = evaluate_run(run_dir, eval_windows=eval_windows,
+                       eval_sample=eval_sample, member=member)
     losses = np.array(got["exit_losses"])
     new = dict(record)
     new.update(

@@ -23,13 +23,14 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(DOCS),
 
 
 def _cfg(**kw):
-  return TrainConfig(
-      model=ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4,
-                        d_ff=64, max_seq_len=32).with_uniform_exits(2),
-      data=DataConfig(path=os.path.join(DOCS, "process"), val_fraction=0.1,
-                      eval_sample="first"),
-      seq_len=32, batch_size=8, steps=30, warmup_steps=3, eval_windows=16,
-      mesh_shape=(1, 1, 1), **kw)
+  return TrainConfig(**{
+      **dict(model=ModelConfig(vocab_size=256, d_model=32, n_layers=2,
+                               n_heads=4, d_ff=64,
+                               max_seq_len=32).with_uniform_exits(2),
+             data=DataConfig(path=os.path.join(DOCS, "process"),
+                             val_fraction=0.1, eval_sample="first"),
+             seq_len=32, batch_size=8, steps=30, warmup_steps=3,
+             eval_windows=16, mesh_shape=(1, 1, 1)), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,25 @@ def test_reevaluate_refuses_what_it_cannot_measure(sweep, tmp_path):
       capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode != 0 and "have no checkpoint" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_a_grouped_sweeps_members_are_measured_from_the_group(tmp_path):
+  """Points a sweep trained as one vmapped group (runs/P0+P1) are read from
+  the group's checkpoint: each member's own windows give its record, the
+  shorter member included (its parameters stopped at its own step)."""
+  cfgs = [_cfg(steps=30), _cfg(steps=20, warmup_steps=2)]
+  records = train.run_group(cfgs, str(tmp_path / "runs" / "P0+P1"),
+                            log=lambda s: None)
+  store = ResultsStore(str(tmp_path))
+  for pid, record in zip(("P0", "P1"), records):
+    store.write(dict(record, point_id=pid, budget=1e9, depth=2))
+  out = tmp_path / "out"
+  reevaluate.reevaluate_sweep(str(tmp_path), str(out), eval_windows=16,
+                              eval_sample="first", log=lambda s: None)
+  for pid, record in zip(("P0", "P1"), records):
+    new = json.loads((out / "results" / f"{pid}.json").read_text())
+    np.testing.assert_allclose(new["exit_losses"], record["exit_losses"],
+                               rtol=1e-5)
+  assert records[0]["exit_losses"] != records[1]["exit_losses"]
+  with pytest.raises(ValueError, match="holds a group of 2 runs"):
+    reevaluate.evaluate_run(str(tmp_path / "runs" / "P0+P1"))
