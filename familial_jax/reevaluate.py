@@ -80,34 +80,14 @@ def _load(run_dir: str, member: int | None):
   """Config, final parameters, latest step and last step of a run or of a
   group's member."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.join(run_dir, "config.json")
-  saved = None
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-  if not isinstance(saved, dict) or "group" not in saved:
-    if member is not None:
-      raise ValueError(f"{run_dir} holds one run, not a group; member must "
-                       "be None.")
-    cfg, params = relay.load_family(run_dir)
-    step = ocp.CheckpointManager(os.path.abspath(os.path.join(
-        run_dir, "checkpoints"))).latest_step()
-    return cfg, params, step, cfg.steps
-  cfgs = [TrainConfig.from_dict(d) for d in saved["group"]]
-  if member is None or not 0 <= member < len(cfgs):
-    raise ValueError(f"{run_dir} holds a group of {len(cfgs)} runs; name "
-                     f"one with member=0..{len(cfgs) - 1}, got {member}.")
-  manager = ocp.CheckpointManager(os.path.abspath(os.path.join(
-      run_dir, "checkpoints")))
-  step = manager.latest_step()
-  if step is None:
-    raise ValueError(f"{run_dir} has no checkpoint to load.")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))
-  params = jax.tree.map(lambda x: np.asarray(x)[member],
-                        restored["state"]["params"])
-  relay.check_params(cfgs[member].model, params)
-  return cfgs[member], params, step, max(c.steps for c in cfgs)
+  cfg, params = relay.load_family(run_dir, member)
+  with open(os.path.join(run_dir, "config.json")) as f:
+    saved = json.load(f)
+  final = max(d["steps"] for d in saved["group"]) if "group" in saved \
+      else cfg.steps
+  step = ocp.CheckpointManager(os.path.abspath(os.path.join(
+      run_dir, "checkpoints"))).latest_step()
+  return cfg, params, step, final
 
 
 def _run_of(workdir: str, point_id: str) -> tuple[str, int | None] | None:

@@ -483,9 +483,11 @@ def check_params(config: ModelConfig, params: Any) -> None:
                                 f"{flat_e.get(k)}" for k in diff))
 
 
-def load_family(workdir: str) -> tuple[TrainConfig, Any]:
+def load_family(workdir: str, member: int | None = None
+                ) -> tuple[TrainConfig, Any]:
   """Config and final parameters of a training run (train.py's workdir or a
-  sweep's runs/<point id>)."""
+  sweep's runs/<point id>), or of member `member` of a sweep's vmapped group
+  (runs/<id>+<id>..., in the order of its name)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -493,9 +495,16 @@ def load_family(workdir: str) -> tuple[TrainConfig, Any]:
   with open(path) as f:
     saved = json.load(f)
   if "group" in saved:
-    raise ValueError(f"{workdir} holds a group of runs; load one member's "
-                     "checkpoint with a single-run workdir.")
-  cfg = TrainConfig.from_dict(saved)
+    k = len(saved["group"])
+    if member is None or not 0 <= member < k:
+      raise ValueError(f"{workdir} holds a group of {k} runs; name one with "
+                       f"member=0..{k - 1}, got {member}.")
+    cfg = TrainConfig.from_dict(saved["group"][member])
+  elif member is not None:
+    raise ValueError(f"{workdir} holds one run, not a group; member must be "
+                     "None.")
+  else:
+    cfg = TrainConfig.from_dict(saved)
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(
       workdir, "checkpoints")))
   step = manager.latest_step()
@@ -503,7 +512,9 @@ def load_family(workdir: str) -> tuple[TrainConfig, Any]:
     raise ValueError(f"{workdir} has no checkpoint to load.")
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))
-  params = jax.tree.map(np.asarray, restored["state"]["params"])
+  params = jax.tree.map(
+      lambda x: np.asarray(x) if member is None else np.asarray(x)[member],
+      restored["state"]["params"])
   check_params(cfg.model, params)
   return cfg, params
 
