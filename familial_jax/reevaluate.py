@@ -53,7 +53,9 @@ def evaluate_run(run_dir: str, *, eval_windows: int = 0,
 
   Returns:
     {"exit_losses", "windows", "eval_sample", "step"}: the mean over the
-    windows (each has seq_len targets) of every exit's loss.
+    windows (each has seq_len targets) of every exit's loss. Every chosen
+    window counts (training's evaluation drops a last partial batch, so it
+    matches only where eval_windows is a multiple of the run's batch).
   """
   if eval_windows < 0 or batch_size < 1:
     raise ValueError(f"eval_windows must be >= 0 (0: all) and batch_size "
