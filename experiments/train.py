@@ -63,7 +63,7 @@ def main(argv):
       wrote.append(plots.training_curves(
           record, os.path.join(_WORKDIR.value, "curves.png")))
     print(f"N={record['N']:,} D={record['D']:,} C={record['C']:.3e} "
-          f"G={record['G']}  wrote " + " and ".join(filter(None, wrote)))
+          f"G={record['G']}  wrote " + " and ".join(wrote))
 
 
 if __name__ == "__main__":

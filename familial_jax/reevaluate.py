@@ -12,7 +12,6 @@ results directory that `experiments/fit_law.py` fits like the sweep's own.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import time
@@ -25,9 +24,8 @@ from familial_jax import data as data_lib
 from familial_jax import relay
 from familial_jax import train
 from familial_jax.config import TrainConfig
-from familial_jax.data.pipeline import Windows
 from familial_jax.model import FamilialLM
-from familial_jax.results import ResultsStore, atomic_write
+from familial_jax.results import ResultsStore
 
 
 @functools.lru_cache(maxsize=8)
@@ -60,14 +58,13 @@ def evaluate_run(run_dir: str, *, eval_windows: int = 0,
   if eval_windows < 0 or batch_size < 1:
     raise ValueError(f"eval_windows must be >= 0 (0: all) and batch_size "
                      f">= 1, got {eval_windows} and {batch_size}.")
-  cfg, params, step, final = _load(run_dir, member)
-  if require_final and step != final:
+  cfg, params, step, last_step = relay.load_checkpoint(run_dir, member)
+  if require_final and step != last_step:
     raise ValueError(f"{run_dir}: the latest checkpoint is step {step} of "
-                     f"{final}; the run has not finished.")
+                     f"{last_step}; the run has not finished.")
   data = train.load_data(cfg.data)
-  n = len(Windows(data.validation, cfg.seq_len))
-  windows = data_lib.validation_windows(
-      data.validation, cfg.seq_len, eval_windows or n, eval_sample)
+  windows = data_lib.validation_windows(data.validation, cfg.seq_len,
+                                        eval_windows, eval_sample)
   model = FamilialLM(cfg.model)
   loss = _loss_fn(model)
   total = np.zeros(cfg.model.granularity)
@@ -76,20 +73,6 @@ def evaluate_run(run_dir: str, *, eval_windows: int = 0,
     total += len(batch) * np.asarray(loss(params, batch), np.float64)
   return {"exit_losses": (total / len(windows)).tolist(),
           "windows": len(windows), "eval_sample": eval_sample, "step": step}
-
-
-def _load(run_dir: str, member: int | None):
-  """Config, final parameters, latest step and last step of a run or of a
-  group's member."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  cfg, params = relay.load_family(run_dir, member)
-  with open(os.path.join(run_dir, "config.json")) as f:
-    saved = json.load(f)
-  final = max(d["steps"] for d in saved["group"]) if "group" in saved \
-      else cfg.steps
-  step = ocp.CheckpointManager(os.path.abspath(os.path.join(
-      run_dir, "checkpoints"))).latest_step()
-  return cfg, params, step, final
 
 
 def _run_of(workdir: str, point_id: str) -> tuple[str, int | None] | None:
@@ -142,22 +125,18 @@ def reevaluate_sweep(workdir: str, output: str, *, eval_windows: int = 0,
     run_dir, member = where[pid]
     got = evaluate_run(run_dir, eval_windows=eval_windows,
                        eval_sample=eval_sample, member=member)
-    losses = np.array(got["exit_losses"])
-    new = dict(record)
-    new.update(
-        exit_losses=losses.tolist(), family_loss=float(losses.mean()),
+    new = dict(
+        record,
+        **train.loss_fields(TrainConfig.from_dict(record["config"]),
+                            np.array(got["exit_losses"])),
+        validation_tokens=got["windows"] * record["config"]["seq_len"],
         reevaluated={
             "windows": got["windows"], "requested_windows": eval_windows,
             "eval_sample": eval_sample, "step": got["step"],
-            "seconds": time.time() - t,
-            "versions": train.versions(),
+            "seconds": time.time() - t, "versions": train.versions(),
             "from": {k: record.get(k) for k in (
                 "exit_losses", "family_loss", "weighted_loss",
                 "validation_tokens")}})
-    new["weighted_loss"] = float(np.dot(
-        TrainConfig.from_dict(record["config"]).weights, losses))
-    new["validation_tokens"] = got["windows"] * record["config"]["seq_len"]
-    new.pop("complete", None)
     out.write(new)
     log(f"[{i}/{len(records)}] {pid}: {got['windows']} windows, family loss "
         f"{record['family_loss']:.4f} -> {new['family_loss']:.4f} "
@@ -165,11 +144,7 @@ def reevaluate_sweep(workdir: str, output: str, *, eval_windows: int = 0,
   plan = os.path.join(workdir, "plan.json")
   if os.path.exists(plan):
     shutil.copyfile(plan, os.path.join(output, "plan.json"))
-  path = out.write_csv()
-  atomic_write(os.path.join(output, "reevaluated.json"), json.dumps(
-      {"workdir": os.path.abspath(workdir), "eval_windows": eval_windows,
-       "eval_sample": eval_sample, "points": len(records)}, indent=1))
-  return path
+  return out.write_csv()
 
 
 __all__ = ["evaluate_run", "reevaluate_sweep"]

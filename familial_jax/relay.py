@@ -37,7 +37,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -483,9 +483,18 @@ def check_params(config: ModelConfig, params: Any) -> None:
                                 f"{flat_e.get(k)}" for k in diff))
 
 
-def load_family(workdir: str, member: int | None = None
-                ) -> tuple[TrainConfig, Any]:
-  """Config and final parameters of a training run (train.py's workdir or a
+class Checkpoint(NamedTuple):
+  """A run's latest checkpoint: its config, parameters and step, and the
+  step the run ends at (a group's longest member's)."""
+
+  cfg: TrainConfig
+  params: Any
+  step: int
+  last_step: int
+
+
+def load_checkpoint(workdir: str, member: int | None = None) -> Checkpoint:
+  """The latest checkpoint of a training run (train.py's workdir or a
   sweep's runs/<point id>), or of member `member` of a sweep's vmapped group
   (runs/<id>+<id>..., in the order of its name)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -500,11 +509,13 @@ def load_family(workdir: str, member: int | None = None
       raise ValueError(f"{workdir} holds a group of {k} runs; name one with "
                        f"member=0..{k - 1}, got {member}.")
     cfg = TrainConfig.from_dict(saved["group"][member])
+    last_step = max(d["steps"] for d in saved["group"])
   elif member is not None:
     raise ValueError(f"{workdir} holds one run, not a group; member must be "
                      "None.")
   else:
     cfg = TrainConfig.from_dict(saved)
+    last_step = cfg.steps
   manager = ocp.CheckpointManager(os.path.abspath(os.path.join(
       workdir, "checkpoints")))
   step = manager.latest_step()
@@ -516,8 +527,16 @@ def load_family(workdir: str, member: int | None = None
       lambda x: np.asarray(x) if member is None else np.asarray(x)[member],
       restored["state"]["params"])
   check_params(cfg.model, params)
-  return cfg, params
+  return Checkpoint(cfg, params, step, last_step)
+
+
+def load_family(workdir: str, member: int | None = None
+                ) -> tuple[TrainConfig, Any]:
+  """Config and parameters of a run's latest checkpoint (`load_checkpoint`)."""
+  ckpt = load_checkpoint(workdir, member)
+  return ckpt.cfg, ckpt.params
 
 
 __all__ = ["Relay", "Policy", "TierProfile", "check_tier_map",
-           "check_params", "load_family", "POLICIES"]
+           "check_params", "load_family", "load_checkpoint", "Checkpoint",
+           "POLICIES"]

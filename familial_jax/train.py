@@ -771,14 +771,20 @@ def _train(cfgs: list[TrainConfig], workdir: str, *,
   return out
 
 
+def loss_fields(cfg: TrainConfig, val_losses: np.ndarray) -> dict:
+  """A result record's losses: every exit's, their mean and the
+  exit-weighted family loss."""
+  return {"exit_losses": val_losses.tolist(),
+          "family_loss": float(np.mean(val_losses)),
+          "weighted_loss": float(np.dot(cfg.weights, val_losses))}
+
+
 def _describe(cfg: TrainConfig, val_losses: np.ndarray) -> dict:
   """What a result record says of one run: config, losses, N, D, C."""
   fpt = flops.flops_per_token(cfg.model, cfg.seq_len)
   return {
       "config": cfg.to_dict(),
-      "exit_losses": val_losses.tolist(),
-      "family_loss": float(np.mean(val_losses)),
-      "weighted_loss": float(np.dot(cfg.weights, val_losses)),
+      **loss_fields(cfg, val_losses),
       "G": cfg.model.granularity,
       "exit_layers": list(cfg.model.exit_layers),
       "N": flops.non_embedding_params(cfg.model),

@@ -156,6 +156,7 @@ def test_validation_windows_spread_over_the_held_out_stream():
   first = pipeline.validation_windows(stream, 10, 8, "first")
   np.testing.assert_array_equal(first[:, 0], np.arange(0, 80, 10))
   assert len(pipeline.validation_windows(stream, 10, 500)) == 100
+  assert len(pipeline.validation_windows(stream, 10, 0)) == 100  # 0: all
   with pytest.raises(ValueError, match="sample must be one of"):
     pipeline.validation_windows(stream, 10, 8, "last")
   _, val = data.token_streams(data.default_corpus(), 0.02)

@@ -151,15 +151,15 @@ def train_dataset(stream: np.ndarray, seq_len: int, global_batch: int,
 def validation_windows(stream: np.ndarray, seq_len: int, eval_windows: int,
                        sample: str = "spread") -> np.ndarray:
   """The fixed held-out set, [k, T + 1]: k = min(eval_windows, n) of the
-  stream's n windows, window i * n // k for i < k ("spread") or the first k
-  ("first")."""
+  stream's n windows (all n for eval_windows=0), window i * n // k for i < k
+  ("spread") or the first k ("first")."""
   if sample not in EVAL_SAMPLES:
     raise ValueError(f"sample must be one of {EVAL_SAMPLES}, got {sample!r}.")
   windows = Windows(stream, seq_len)
   n = len(windows)
   if n < 1:
     raise ValueError("the validation stream is shorter than one window.")
-  k = min(eval_windows, n)
+  k = min(eval_windows, n) if eval_windows else n
   ids = np.arange(k) * n // k if sample == "spread" else np.arange(k)
   return windows.gather(ids)
 
