@@ -2337,17 +2337,35 @@ def test_efficiency_leverage_trend_needs_the_data_to_agree():
 _SPREAD = os.path.join(_LR, "spread_validation")
 
 
+_FOUR = "4e10,1.2e11,3.6e11,7.2e11"
+_FIVE = _FOUR + ",1.44e12"
+# spread_validation/'s six fits: (budgets, validation set) -> its file and
+# the fit_law arguments that reprint it.
+_SPREAD_FITS = {
+    ("four", "first"): (("first_windows_fits.json",), _LR, _FOUR),
+    ("four", "spread"): (("fits.json",), _SPREAD, _FOUR),
+    ("four", "all"): (("all_windows", "fits.json"),
+                      os.path.join(_SPREAD, "all_windows"), _FOUR),
+    ("five", "first"): (("first_windows_fits_5_budgets.json",), _LR, _FIVE),
+    ("five", "spread"): (("fits_5_budgets.json",), _SPREAD, None),
+    ("five", "all"): (("all_windows", "fits_5_budgets.json"),
+                      os.path.join(_SPREAD, "all_windows"), None),
+}
+
+
 def test_committed_spread_validation_gives_the_readme_numbers():
-  """lr1.2e-2/spread_validation/: the same 104 models as lr1.2e-2's four
+  """lr1.2e-2/spread_validation/: the same 130 models as lr1.2e-2's five
   lower budgets (identical training logs), measured on 128 spread windows
   and on all held-out windows; its README quotes the gap between the
-  validation sets, the three fits, the cost of granularity and the
-  verdicts."""
+  validation sets, the six fits (four and five budgets), the cost of
+  granularity and the verdicts."""
   local = _flat_text(_SPREAD, "README.md")
   readme = _flat_text(REPO, "README.md")
   names = sorted(os.listdir(os.path.join(_SPREAD, "records")))
-  assert len(names) == 104
-  gap_first, gap_spread, tokens = [], [], []
+  assert len(names) == 130
+  assert names == sorted(os.listdir(os.path.join(_SPREAD, "all_windows",
+                                                 "records")))
+  gap_first, gap_spread, tokens, budgets = [], [], [], []
   for name in names:
     records = {}
     for key, path in (("spread", (_SPREAD, "records")),
@@ -2367,18 +2385,29 @@ def test_committed_spread_validation_gives_the_readme_numbers():
     gap_first.append(first["family_loss"] / everything["family_loss"] - 1)
     gap_spread.append(spread["family_loss"] / everything["family_loss"] - 1)
     tokens.append(everything["D"])
+    budgets.append(float(everything["budget"]))
   gap_first, gap_spread = np.array(gap_first), np.array(gap_spread)
+  budgets = np.array(budgets)
+  assert sorted(set(budgets)) == [4e10, 1.2e11, 3.6e11, 7.2e11, 1.44e12]
+  four = budgets < 1e12
   assert (f"{-100 * gap_first.max():.1f}% to {-100 * gap_first.min():.1f}% "
-          f"lower (mean {-100 * gap_first.mean():.1f}%)") in local
+          f"lower (mean {-100 * gap_first.mean():.1f}%;") in local
   assert (f"correlation {np.corrcoef(gap_first, np.log(tokens))[0, 1]:.2f} "
           "with log D") in local
   assert (f"within {100 * gap_spread.min():.1f}% to +"
           f"{100 * gap_spread.max():.1f}% of all windows (mean "
           f"+{100 * gap_spread.mean():.2f}%)") in local
+  per_budget = [-100 * gap_first[budgets == c].mean()
+                for c in (4e10, 3.6e11, 7.2e11, 1.44e12)]
+  assert (f"{per_budget[0]:.1f}% at 4e10, {min(per_budget[1:]):.1f}% to "
+          f"{max(per_budget[1:]):.1f}% from 3.6e11 up") in local
+  assert (f"The four lower budgets alone: {-100 * gap_first[four].max():.1f}%"
+          f" to {-100 * gap_first[four].min():.1f}%, mean "
+          f"{-100 * gap_first[four].mean():.1f}%, correlation "
+          f"{np.corrcoef(gap_first[four], np.log(tokens)[four])[0, 1]:.2f}"
+          ) in local
   fits = {}
-  for key, path in (("first", ("first_windows_fits.json",)),
-                    ("spread", ("fits.json",)),
-                    ("all", ("all_windows", "fits.json"))):
+  for key, (path, _, _) in _SPREAD_FITS.items():
     with open(os.path.join(_SPREAD, *path)) as f:
       fits[key] = json.load(f)
   for key, fit in fits.items():
@@ -2393,24 +2422,48 @@ def test_committed_spread_validation_gives_the_readme_numbers():
            + " / ".join(f"{h:.4f}" for h in held) + " | chinchilla")
     assert row in local, key
     assert fit["selected_form"] == "chinchilla"
-  assert fits["first"]["selection_tied"] == ["chinchilla", "multiplicative"]
-  assert fits["spread"]["selection_tied"] == fits["all"]["selection_tied"] == [
-      "chinchilla"]
-  assert fits["all"]["fits"]["multiplicative"]["params"]["beta"] < fits[
-      "first"]["fits"]["multiplicative"]["bootstrap"]["intervals"]["beta"][0]
+    assert fit["selection_tied"] == (
+        ["chinchilla", "multiplicative"] if key == ("four", "first")
+        else ["chinchilla"])
+  for n in ("four", "five"):
+    assert fits[n, "all"]["fits"]["multiplicative"]["params"]["beta"] < fits[
+        n, "first"]["fits"]["multiplicative"]["bootstrap"]["intervals"][
+            "beta"][0]
   verdicts = {k: [c["verdict"].split(":")[0].split(" (")[0]
                   for c in fit["claims"]] for k, fit in fits.items()}
-  assert verdicts["first"] == verdicts["spread"] == ["holds"] * 3
-  assert verdicts["all"] == [
+  assert verdicts["four", "first"] == verdicts["four", "spread"] == [
+      "holds"] * 3
+  assert verdicts["four", "all"] == [
       "holds", "EL > 1 holds; whether it is largest at low compute is "
       "undecided", "holds"]
-  for key in ("first", "all"):
-    observed = fits[key]["claims"][0]["observed"]
-    ratios = [observed.split(f"G = {g}: family/dense loss ")[1][:5]
-              for g in (2, 4, 8)]
-    assert " / ".join(ratios) in local, key
-  # The main README's summary of it.
-  mult = {k: fits[k]["fits"]["multiplicative"] for k in ("first", "all")}
+  with open(os.path.join(_LR, "fits.json")) as f:
+    six = json.load(f)
+  for key in (("five", "first"), ("five", "spread"), ("five", "all")):
+    assert verdicts[key] == ["holds", "holds", "does not hold"], key
+    assert [c["verdict"] for c in fits[key]["claims"]] == [
+        c["verdict"] for c in six["claims"]]
+  branch = {k: float(fit["claims"][2]["observed"].split(
+      "at the family's own tokens: mean ")[1].split(" ")[0])
+            for k, fit in fits.items()}
+  assert (f"{branch['five', 'first']:.4f}, {branch['five', 'spread']:.4f} "
+          f"and {branch['five', 'all']:.4f} times the fitted dense law") in local
+  assert (f"({branch['four', 'first']:.4f}, {branch['four', 'spread']:.4f} "
+          f"and {branch['four', 'all']:.4f})") in local
+  for key in fits:
+    ratios = [fits[key]["claims"][0]["observed"].split(
+        f"G = {g}: family/dense loss ")[1][:5] for g in (2, 4, 8)]
+    if key[1] != "spread":
+      assert " / ".join(ratios) in local, key
+  law_el = {k: [x["loss_ratio"] for x in fits[k]["analysis"][
+      "at_sweep_budgets"]["efficiency_leverage"]["4"]]
+            for k in (("five", "first"), ("five", "all"))}
+  assert (f"falls from {law_el['five', 'first'][0]:.3f} at 4e10 to "
+          f"{law_el['five', 'first'][-1]:.3f} at 1.44e12 on the first windows, "
+          f"{law_el['five', 'all'][0]:.3f} to {law_el['five', 'all'][-1]:.3f}"
+          " on all") in local
+  # The main README's summary of it (five budgets).
+  mult = {k: fits["five", k]["fits"]["multiplicative"]
+          for k in ("first", "all")}
   assert (f"the data exponent beta falls from {_interval(mult['first'], 'beta', 3)}"
           f" to {_interval(mult['all'], 'beta', 3)}") in readme
   assert (f"gamma does not move ({mult['first']['params']['gamma']:.4f} to "
@@ -2418,20 +2471,20 @@ def test_committed_spread_validation_gives_the_readme_numbers():
   assert (f"{-100 * gap_first.max():.1f}% to {-100 * gap_first.min():.1f}% "
           "low") in readme
   assert f"within {100 * gap_spread.max():.1f}% of all windows" in readme
+  exponent = {k: fits["five", k]["analysis"]["minima_exponents"]["1"]["law"]
+              for k in ("first", "all")}
+  assert (f"C^{exponent['all']:.2f} instead of C^{exponent['first']:.2f}"
+          ) in readme
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["spread", "all", "first"])
+@pytest.mark.parametrize("which", sorted(_SPREAD_FITS))
 def test_fit_law_reproduces_the_committed_spread_validation_fits(tmp_path,
                                                                  which):
-  """spread_validation/README.md's three fit_law commands reprint its three
-  fits (about a minute each on 2 cores)."""
-  args, want = {
-      "spread": ([f"--input={_SPREAD}"], ("fits.json",)),
-      "all": ([f"--input={os.path.join(_SPREAD, 'all_windows')}"],
-              ("all_windows", "fits.json")),
-      "first": ([f"--input={_LR}", "--budgets=4e10,1.2e11,3.6e11,7.2e11"],
-                ("first_windows_fits.json",))}[which]
+  """spread_validation/README.md's six fit_law commands reprint its six
+  fits (one to two minutes each on 2 cores)."""
+  path, source, budgets = _SPREAD_FITS[which]
+  args = [f"--input={source}"] + ([f"--budgets={budgets}"] if budgets else [])
   got = _fit_law_json(tmp_path / "fits.json", *args, "--bootstrap=200")
-  with open(os.path.join(_SPREAD, *want)) as f:
+  with open(os.path.join(_SPREAD, *path)) as f:
     _assert_reproduces(got, json.load(f))
