@@ -1,5 +1,6 @@
 """Measuring trained runs again on other held-out windows (reevaluate.py)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,14 +24,13 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(DOCS),
 
 
 def _cfg(**kw):
-  return TrainConfig(**{
-      **dict(model=ModelConfig(vocab_size=256, d_model=32, n_layers=2,
-                               n_heads=4, d_ff=64,
-                               max_seq_len=32).with_uniform_exits(2),
-             data=DataConfig(path=os.path.join(DOCS, "process"),
-                             val_fraction=0.1, eval_sample="first"),
-             seq_len=32, batch_size=8, steps=30, warmup_steps=3,
-             eval_windows=16, mesh_shape=(1, 1, 1)), **kw})
+  return dataclasses.replace(TrainConfig(
+      model=ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4,
+                        d_ff=64, max_seq_len=32).with_uniform_exits(2),
+      data=DataConfig(path=os.path.join(DOCS, "process"), val_fraction=0.1,
+                      eval_sample="first"),
+      seq_len=32, batch_size=8, steps=30, warmup_steps=3, eval_windows=16,
+      mesh_shape=(1, 1, 1)), **kw)
 
 
 @pytest.fixture(scope="module")
